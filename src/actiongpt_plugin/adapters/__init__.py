@@ -1,0 +1,1 @@
+"""Adapters: one plugin module per upstream text-to-motion codebase."""

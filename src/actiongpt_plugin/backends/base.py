@@ -1,0 +1,77 @@
+"""The interface every LLM backend implements."""
+from __future__ import annotations
+
+import asyncio
+
+from ..hookspecs import hookimpl
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Request:
+    """One phrase to expand and its rendered prompt (pack/identity backends need the phrase)."""
+
+    phrase: str
+    prompt: object  # templates.Prompt
+
+
+@dataclass
+class Completion:
+    """What one prompt produced: k (or fewer) raw texts plus accounting."""
+
+    texts: list[str]
+    raw: object = None  # JSON-serialisable raw response (never holds credentials)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 1  # HTTP requests / generate calls spent, retries included
+    error: str | None = None  # why this request produced nothing (e.g. phrase not in a pack)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.5
+    top_p: float = 1.0
+    max_tokens: int = 128
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "SamplingParams":
+        s = cfg.sampling
+        return cls(s.temperature, s.top_p, s.max_tokens, s.frequency_penalty, s.presence_penalty, s.seed)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Backend:
+    """Turns requests (phrase + prompt) into k samples each.
+
+    ``name`` and ``model`` identify the backend in cache keys. ``batch_size`` is how many
+    prompts one ``complete_batch`` call should receive (local models batch; HTTP APIs take one
+    and run concurrently up to ``concurrency``). ``paid`` marks backends whose calls cost money or
+    time worth caching; their output is also cleaned (identity and pack are free, verbatim, and
+    bypass the store).
+    """
+
+    name: str = "base"
+    model: str = ""
+    batch_size: int = 1
+    concurrency: int = 1
+    paid: bool = True
+    recommended_template: str = "actiongpt"  # used when the user picks no template
+
+    async def complete(self, request: Request, k: int, params: SamplingParams) -> Completion:
+        raise NotImplementedError
+
+    async def complete_batch(self, requests: list[Request], k: int, params: SamplingParams) -> list[Completion]:
+        return list(await asyncio.gather(*(self.complete(r, k, params) for r in requests)))
+
+    async def aclose(self) -> None:
+        pass
+
+
+@hookimpl(trylast=True)
+def query_llm(backend, requests, k, params):
+    return backend.complete_batch(requests, k, params)

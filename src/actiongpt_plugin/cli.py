@@ -1,0 +1,241 @@
+"""The `actiongpt` command. Every user error ends as one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, NoArgsIsHelpError
+from omegaconf import OmegaConf
+
+from .config import load_config, masked, store_path
+from .errors import ActionGPTError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Expand action phrases into LLM-written body-movement descriptions (Action-GPT).")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the resolved configuration.")
+pack_app = typer.Typer(no_args_is_help=True, help="Export and import description packs (JSONL + manifest).")
+store_app = typer.Typer(no_args_is_help=True, help="The SQLite description store.")
+app.add_typer(config_app, name="config")
+app.add_typer(pack_app, name="pack")
+app.add_typer(store_app, name="store")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $ACTIONGPT_CONFIG).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set sampling.temperature=0.7 (repeatable).")
+EXIT_USAGE, EXIT_FAILURES, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def _err(message: str) -> None:
+    typer.echo(f"actiongpt: error: {message}", err=True)
+
+
+def _config(config: Optional[Path], sets: Optional[List[str]], **values):
+    return load_config(config, list(sets or ()), **{k: v for k, v in values.items() if v is not None})
+
+
+def read_phrase_file(path: Path) -> list[str]:
+    """One phrase per line; blank lines skipped; the file must be UTF-8."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ActionGPTError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise ActionGPTError(f"{path} is a directory, not a file of phrases") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ActionGPTError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@app.command()
+def expand(
+    phrases: Optional[List[str]] = typer.Argument(None, help="Action phrases, e.g. jump 'pick up'."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="A file of phrases, one per line."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as a pack (JSONL + manifest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    k: Optional[int] = typer.Option(None, "-k", help="Descriptions per phrase (default 4)."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="openai, embedded, transformers, pack, identity, ..."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or local path for the backend."),
+    template: Optional[str] = typer.Option(None, "--template", "-t", help="Prompt template (see `actiongpt templates`)."),
+    offline: bool = typer.Option(False, "--offline", help="Use stored descriptions only; fail listing any missing."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight at once."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar for --file."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+):
+    """Print k descriptions for each phrase (or expand a whole --file into the store and --out)."""
+    from .expander import Expander, normalise_phrase
+
+    todo = list(phrases or [])
+    if file is not None:
+        todo += read_phrase_file(file)
+    if not todo:
+        raise ActionGPTError("nothing to expand: give a phrase (actiongpt expand \"jump\") or --file labels.txt")
+    cfg = _config(config, sets, k=k, backend=backend, model=model, template=template,
+                  **{"store.offline": True if offline else None, "expand.concurrency": concurrency})
+    for phrase in todo:  # every phrase valid before any is paid for
+        normalise_phrase(phrase, cfg.expand.max_phrase_chars)
+    with Expander(cfg) as expander:
+        result = _run_with_progress(expander, todo, show=progress and file is not None)
+        if out is not None:
+            from .packs import write_pack
+
+            write_pack(out, result.rows, {"config": OmegaConf.to_container(masked(expander.cfg))})
+    if as_json:
+        typer.echo(json.dumps(result.descriptions, ensure_ascii=False, indent=2))
+    elif out is None or not file:
+        for phrase, descriptions in result.descriptions.items():
+            typer.echo(phrase)
+            for i, text in enumerate(descriptions, 1):
+                typer.echo(f"  {i}. {text}")
+    s = result.stats
+    if file is not None or s.failures:
+        typer.echo(
+            f"{s.phrases} phrases: {s.cache_hits} from the store, {s.expanded} expanded, {len(s.failures)} failed; "
+            f"{s.requests} requests, {s.prompt_tokens} prompt + {s.completion_tokens} completion tokens"
+            + (f"; wrote {out}" if out else ""),
+            err=True,
+        )
+    for phrase, reason in list(s.failures.items())[:10]:
+        typer.echo(f"  failed: {phrase!r}: {reason}", err=True)
+    if s.failures:
+        raise typer.Exit(EXIT_FAILURES)
+
+
+def _run_with_progress(expander, phrases, show: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not show or not console.is_terminal:
+        return expander.run(phrases)
+    columns = (TextColumn("expanding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("expand", total=len({" ".join(p.split()) for p in phrases}))
+        return expander.run(phrases, progress=lambda phrase, ok: bar.advance(task))
+
+
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List loaded plugins, where they come from and the hooks they implement."""
+    from .plugins import DISABLE_EXTERNAL_ENV, list_plugins
+
+    rows = list_plugins()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in sorted(rows, key=lambda r: r["name"]):
+        typer.echo(f"{row['name']:<24} {row['distribution'] or '-':<20} {row['source']}  [{', '.join(row['hooks'])}]")
+    typer.echo(f"(set {DISABLE_EXTERNAL_ENV}=1 to load only built-in plugins)", err=True)
+
+
+@app.command()
+def templates():
+    """List prompt templates (name@version and text)."""
+    from .plugins import get_registry
+
+    reg = get_registry()
+    for (name, version), template in sorted(reg.template_versions.items()):
+        typer.echo(f"{name}@{version}: {template.description}\n    {template.text}")
+
+
+@config_app.command("show")
+def config_show(config: Optional[Path] = ConfigOpt, sets: Optional[List[str]] = SetOpt):
+    """Print the resolved configuration (defaults < file < --set), secrets masked."""
+    from .config import validate_choices
+
+    cfg = _config(config, sets)
+    validate_choices(cfg)
+    typer.echo(OmegaConf.to_yaml(masked(cfg)), nl=False)
+
+
+@pack_app.command("export")
+def pack_export(
+    out: Path = typer.Argument(..., help="The JSONL pack to write (a .manifest.json is written beside it)."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Only these phrases (one per line)."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+):
+    """Export stored descriptions as a pack."""
+    from .packs import write_pack
+    from .store import DescriptionStore
+
+    cfg = _config(config, sets)
+    wanted = set(read_phrase_file(file)) if file else None
+    with DescriptionStore(store_path(cfg)) as store:
+        rows = [r for r in store.rows(wanted) if len(r["descriptions"]) >= r["k"]]
+    write_pack(out, rows, {"source": "actiongpt pack export"})
+    typer.echo(f"exported {len(rows)} phrases to {out}", err=True)
+
+
+@pack_app.command("import")
+def pack_import(
+    path: Path = typer.Argument(..., help="A pack written by `actiongpt pack export` or `expand --out`."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+):
+    """Import a pack into the store, so expanding with the same settings costs no call."""
+    from .packs import read_pack, verify_manifest
+    from .store import DescriptionStore
+
+    cfg = _config(config, sets)
+    verify_manifest(path)
+    rows = read_pack(path)
+    if any("key" not in r for r in rows):
+        raise ActionGPTError(
+            f"{path} has no store keys (a release gpt3_annotations.json?): use it directly with "
+            f"--backend pack --set pack.path={path}"
+        )
+    with DescriptionStore(store_path(cfg)) as store:
+        added = sum(store.put_row(r) for r in rows)
+    typer.echo(f"imported {added} new of {len(rows)} phrases into {store_path(cfg)}", err=True)
+
+
+@store_app.command("stats")
+def store_stats(config: Optional[Path] = ConfigOpt, sets: Optional[List[str]] = SetOpt):
+    """Rows, tokens and requests recorded in the store."""
+    from .store import DescriptionStore
+
+    with DescriptionStore(store_path(_config(config, sets))) as store:
+        typer.echo(json.dumps(store.stats(), indent=2))
+
+
+def main(argv=None) -> None:
+    # PyTorch generation on small CPUs stalls without this; llama.cpp runs slower with it.
+    if importlib.util.find_spec("llama_cpp") is None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="actiongpt", standalone_mode=False)
+    except ActionGPTError as exc:
+        _err(str(exc))
+        sys.exit(EXIT_USAGE)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except NoArgsIsHelpError:  # the help text is already printed
+        sys.exit(EXIT_USAGE)
+    except ClickException as exc:
+        _err(" ".join(exc.format_message().split()) + " (see --help)")
+        sys.exit(EXIT_USAGE)
+    except (typer.Abort, KeyboardInterrupt):
+        _err("interrupted: everything expanded so far is in the store; run the same command again to resume")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug: keep it to one line unless asked
+        if os.environ.get("ACTIONGPT_DEBUG"):
+            raise
+        _err(f"unexpected {type(exc).__name__}: {exc} (set ACTIONGPT_DEBUG=1 for the traceback)")
+        sys.exit(EXIT_USAGE + 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The hooks a plugin can implement. Built-in parts implement them exactly as third parties do.
+
+Registration hooks receive a ``register`` callable. Behaviour hooks are ``firstresult``: the
+first plugin that returns something other than None wins; built-ins are ``trylast`` so any
+third-party implementation takes precedence, and hookwrappers can observe or modify results.
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("actiongpt")
+hookimpl = pluggy.HookimplMarker("actiongpt")
+
+
+@hookspec
+def register_backends(register):
+    """register(name, factory): factory(config) -> Backend (see backends.base.Backend)."""
+
+
+@hookspec
+def register_templates(register):
+    """register(template: templates.Template)."""
+
+
+@hookspec
+def register_aggregators(register):
+    """register(name, aggregator): see aggregators.py for the aggregator interface."""
+
+
+@hookspec
+def register_adapters(register):
+    """register(adapter_class): see adapters/base.py for the adapter interface."""
+
+
+@hookspec(firstresult=True)
+def build_prompt(template, phrase, config):
+    """Return a templates.Prompt for ``phrase`` (text for completions, messages for chat)."""
+
+
+@hookspec(firstresult=True)
+def query_llm(backend, requests, k, params):
+    """Return an awaitable resolving to one backends.base.Completion per backends.base.Request."""
+
+
+@hookspec(firstresult=True)
+def clean_descriptions(phrase, texts, config):
+    """Return the usable descriptions among an LLM's raw ``texts`` (may be fewer than given)."""
+
+
+@hookspec(firstresult=True)
+def aggregate_embeddings(aggregator, features, mask, k):
+    """Combine k description embeddings per phrase.
+
+    ``features`` is [n*k, ...] (descriptions of phrase i at rows i*k..i*k+k-1); ``mask`` is
+    [n*k, T] bool for token-level features or None for pooled ones. Return (features, mask)
+    with n rows.
+    """
