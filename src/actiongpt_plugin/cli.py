@@ -216,7 +216,9 @@ def main(argv=None) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="actiongpt", standalone_mode=False)
+        # Without standalone mode, click returns typer.Exit's code instead of raising it.
+        code = command.main(args=argv, prog_name="actiongpt", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except ActionGPTError as exc:
         _err(str(exc))
         sys.exit(EXIT_USAGE)

@@ -1,0 +1,23 @@
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported anywhere
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own store and cache dir, and no credentials from the developer's shell."""
+    home = tmp_path / "actiongpt-home"
+    monkeypatch.setenv("ACTIONGPT_HOME", str(home))
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ACTIONGPT_CONFIG", "ACTIONGPT_DISABLE_EXTERNAL_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def shared_model_home(tmp_path_factory):
+    """A cache dir shared by the tests of one run, for expensive artefacts (dequantised models)."""
+    return tmp_path_factory.mktemp("model-home")

@@ -1,0 +1,311 @@
+"""An OpenAI-compatible HTTP server for tests and benchmarks (stdlib only).
+
+    with FakeOpenAI(latency=0.2) as server:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-test")
+        server.add_faults(Fault.http(429, retry_after=0.3), "drop", "malformed")
+
+Serves POST /v1/chat/completions and /v1/completions (n choices, usage) and GET /v1/models.
+Faults are consumed in order, one per completion request; ``on_request(record)`` may return a
+fault as well. Every request is recorded without its Authorization header, which is kept apart
+in ``authorizations`` so tests can check a key was sent without it landing in the records.
+
+Run as a script for manual tries: ``python tests/fake_openai.py --port 0 --latency 0.2``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DEFAULT_MODEL = "fake-model"
+MOVES = (
+    "bends the knees, shifts the weight onto the left leg",
+    "raises both arms above the head, leans the torso forward",
+    "turns the hips to the right, swings the right arm",
+    "steps forward with the right foot, lowers the shoulders",
+    "keeps the back straight, lifts the left knee",
+)
+
+
+@dataclass
+class Fault:
+    """What to do instead of (or to) a normal reply.
+
+    kind: "status" (HTTP error with an OpenAI-style error body), "drop" (close the socket
+    without replying), "timeout" (sleep ``seconds`` before replying, longer than the client's
+    timeout), "malformed" (200 with an invalid JSON body), "no_choices" (valid JSON without
+    choices), "fewer" (only ``choices`` choices), "empty" (every choice has empty content).
+    """
+
+    kind: str
+    status: int = 500
+    retry_after: float | None = None  # seconds, sent as Retry-After
+    retry_after_ms: float | None = None  # sent as retry-after-ms
+    seconds: float = 5.0
+    choices: int = 1
+    message: str | None = None  # the error body's message for "status"
+
+    @classmethod
+    def http(cls, status: int, retry_after=None, retry_after_ms=None, message=None) -> "Fault":
+        return cls("status", status=status, retry_after=retry_after, retry_after_ms=retry_after_ms, message=message)
+
+    @classmethod
+    def parse(cls, spec) -> "Fault":
+        """Accept a Fault, a kind name, or an HTTP status as int or digits ("429")."""
+        if isinstance(spec, Fault):
+            return spec
+        if isinstance(spec, int) or str(spec).isdigit():
+            return cls("status", status=int(spec))
+        return cls(str(spec))
+
+
+def _prompt_text(path: str, body: dict) -> str:
+    if path.endswith("/chat/completions"):
+        users = [m.get("content") or "" for m in body.get("messages", []) if m.get("role") == "user"]
+        return users[-1] if users else ""
+    prompt = body.get("prompt", "")
+    return prompt[0] if isinstance(prompt, list) and prompt else str(prompt)
+
+
+def phrase_of(prompt: str) -> str:
+    """The action phrase inside a rendered prompt (the built-in templates' wordings)."""
+    for pattern in (r"action:?\s+(.+?)(?:\.\s|\s+in details?\s*$|$)", r"when they (.+?)\.?\s*$"):
+        m = re.search(pattern, prompt.strip().splitlines()[-1] if prompt.strip() else "")
+        if m:
+            return m.group(1).strip()
+    return " ".join(prompt.split()[-3:]) or "the action"
+
+
+def default_content(path: str, body: dict, index: int) -> str:
+    """Deterministic in the prompt and choice index; long enough to pass cleaning."""
+    phrase = phrase_of(_prompt_text(path, body))
+    return f"The person {MOVES[index % len(MOVES)]} and moves the whole body to {phrase} (sample {index})."
+
+
+def _words(text: str) -> int:
+    return len(str(text).split())
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real API servers do
+    server: "_Server"
+
+    def log_message(self, *args):  # quiet: tests read the records instead
+        pass
+
+    def _send(self, status: int, payload, headers: dict | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client gave up (timeout): nothing to do
+            self.close_connection = True
+
+    def do_GET(self):
+        if self.path.rstrip("/").endswith("/models"):
+            fake = self.server.fake
+            self._send(200, {"object": "list", "data": [{"id": fake.model, "object": "model", "owned_by": "fake"}]})
+        else:
+            self._send(404, _error(f"unknown path {self.path}", "not_found"))
+
+    def do_POST(self):
+        fake = self.server.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None
+        path = self.path.split("?")[0].rstrip("/")
+        headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"}
+        record = {"path": path, "body": body, "headers": headers, "time": time.monotonic()}
+        fault = fake._begin(record, self.headers.get("Authorization"))
+        try:
+            if fake.latency:
+                fake._stopping.wait(fake.latency)
+            self._reply(fake, path, body, fault)
+        finally:
+            fake._end()
+
+    def _reply(self, fake, path, body, fault):
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            return self._send(404, _error(f"unknown path {path}", "not_found"))
+        if body is None:
+            return self._send(400, _error("request body is not valid JSON", "invalid_request_error"))
+        if fault is not None:
+            if fault.kind == "status":
+                headers = {}
+                if fault.retry_after is not None:
+                    headers["Retry-After"] = str(fault.retry_after)
+                if fault.retry_after_ms is not None:
+                    headers["retry-after-ms"] = str(fault.retry_after_ms)
+                message = fault.message or f"fake error {fault.status}"
+                return self._send(fault.status, _error(message, "fake_error"), headers)
+            if fault.kind == "drop":
+                self.close_connection = True
+                return
+            if fault.kind == "timeout":
+                fake._stopping.wait(fault.seconds)
+            elif fault.kind == "malformed":
+                return self._send(200, b'{"id": "chatcmpl-broken", "choices": [')
+        self._send(200, fake.reply(path, body, fault))
+
+
+def _error(message: str, kind: str) -> dict:
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # benchmarks open dozens of connections at once
+    fake: "FakeOpenAI"
+
+    def handle_error(self, request, client_address):
+        pass  # dropped client connections are expected here
+
+
+class FakeOpenAI:
+    def __init__(self, latency: float = 0.0, model: str = DEFAULT_MODEL, content=None, host="127.0.0.1", port=0):
+        self.latency = latency
+        self.model = model
+        # content(path, body, index) -> str; the reply text of choice ``index``
+        self.content = content or default_content
+        # on_request(record) -> Fault | str | int | None, consulted when the fault queue is empty
+        self.on_request = None
+        self.faults: collections.deque[Fault] = collections.deque()
+        self.requests: list[dict] = []
+        self.authorizations: list[str | None] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._stopping = threading.Event()
+        self._host, self._port = host, port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+    def start(self) -> "FakeOpenAI":
+        self._stopping.clear()
+        self._server = _Server((self._host, self._port), _Handler)
+        self._server.fake = self
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-openai", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._stopping.set()  # wakes handlers sleeping on latency or a timeout fault
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = None
+
+    def __enter__(self) -> "FakeOpenAI":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    # scripting
+    def add_faults(self, *specs) -> None:
+        with self._lock:
+            self.faults.extend(Fault.parse(s) for s in specs)
+
+    def count(self, path: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if path is None or r["path"].endswith(path))
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.authorizations.clear()
+            self.faults.clear()
+            self.max_in_flight = self.in_flight
+
+    def _begin(self, record: dict, authorization: str | None) -> Fault | None:
+        with self._lock:
+            self.requests.append(record)
+            self.authorizations.append(authorization)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if record["body"] is None or not record["path"].endswith("completions"):
+                return None
+            if self.faults:
+                return self.faults.popleft()
+        hook = self.on_request
+        spec = hook(record) if hook else None
+        return None if spec is None else Fault.parse(spec)
+
+    def _end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    # replies
+    def reply(self, path: str, body: dict, fault: Fault | None = None) -> dict:
+        n = int(body.get("n") or 1)
+        if fault is not None and fault.kind == "fewer":
+            n = min(n, fault.choices)
+        texts = ["" if fault is not None and fault.kind == "empty" else self.content(path, body, i) for i in range(n)]
+        chat = path.endswith("/chat/completions")
+        if chat:
+            prompt_words = sum(_words(m.get("content") or "") for m in body.get("messages", []))
+            choices = [
+                {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": "stop"}
+                for i, t in enumerate(texts)
+            ]
+        else:
+            prompt_words = _words(_prompt_text(path, body))
+            choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": "stop"} for i, t in enumerate(texts)]
+        completion_words = sum(_words(t) for t in texts)
+        reply = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-fake{next(self._ids)}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_words,
+                "completion_tokens": completion_words,
+                "total_tokens": prompt_words + completion_words,
+            },
+        }
+        if fault is not None and fault.kind == "no_choices":
+            del reply["choices"]
+        return reply
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a fake OpenAI-compatible API on 127.0.0.1.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    args = parser.parse_args(argv)
+    with FakeOpenAI(latency=args.latency, model=args.model, host=args.host, port=args.port) as server:
+        print(f"OPENAI_BASE_URL={server.base_url}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
