@@ -127,3 +127,24 @@ def test_auto_backend_choice(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     assert resolve_backend_name(load_config()) == "openai"
     assert resolve_backend_name(load_config(backend="identity")) == "identity"
+
+
+def test_oversample_then_select_hook_keeps_k(scripted):
+    from actiongpt_plugin import hookimpl
+
+    class Longest:
+        @hookimpl
+        def select_descriptions(self, phrase, candidates, k, config):
+            return sorted(candidates, key=len, reverse=True)[:k]
+
+    scripted.script["jump"] = [[f"The person jumps{' high' * i}." for i in range(8)]]
+    register_plugin(Longest(), name="longest")
+    try:
+        out = Expander(backend="scripted", **{"expand.oversample": 2.0}).expand(["jump"])["jump"]
+    finally:
+        unregister_plugin("longest")
+    assert scripted.calls == [("jump", 8)]
+    assert out == [f"The person jumps{' high' * i}." for i in (7, 6, 5, 4)]
+    # Without the selector the built-in keeps the first k of the same stored candidates: no new call.
+    assert Expander(backend="scripted", **{"expand.oversample": 2.0}).expand(["jump"])["jump"][0] == "The person jumps."
+    assert len(scripted.calls) == 1

@@ -56,3 +56,8 @@ def clean_descriptions(phrase, texts, config):
 
     template = get_registry().template(config.template)  # the expander resolves "auto" first
     return clean_all(phrase, texts, config.expand.min_words, template.max_words)
+
+
+@hookimpl(trylast=True)
+def select_descriptions(phrase, candidates, k, config):
+    return list(candidates[:k])

@@ -9,6 +9,7 @@ loses nothing already paid for; phrases still short of k are asked again for the
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
@@ -88,6 +89,13 @@ class Expander:
         return self._backend
 
     @property
+    def wanted(self) -> int:
+        """Samples to collect per phrase: k, or more when a selector keeps the best k."""
+        if not self.backend.paid:
+            return self.cfg.k
+        return math.ceil(self.cfg.k * self.cfg.expand.oversample)
+
+    @property
     def template(self):
         self.backend  # resolves the default template
         return get_registry().template(self.cfg.template)
@@ -145,7 +153,7 @@ class Expander:
     def run(self, phrases, progress=None) -> ExpandResult:
         """Expand, reporting each finished phrase to ``progress(phrase, ok)``; failures are collected."""
         cfg = self.cfg
-        k = cfg.k
+        k = self.wanted
         by_text: dict[str, list[str]] = {}
         for phrase in phrases:
             by_text.setdefault(normalise_phrase(phrase, cfg.expand.max_phrase_chars), []).append(phrase)
@@ -167,11 +175,15 @@ class Expander:
         if todo:
             self._run_async(self._expand_missing(todo, stats, cacheable, progress))
         out, rows = {}, []
+        select = get_plugin_manager().hook.select_descriptions
         for it in items:
             if len(it.have) >= k:
+                chosen = it.have[: cfg.k]
+                if self.backend.paid:
+                    chosen = select(phrase=it.phrase, candidates=it.have[:k], k=cfg.k, config=cfg)
                 for original in by_text[it.phrase]:
-                    out[original] = it.have[:k]
-                rows.append({"phrase": it.phrase, "descriptions": it.have[:k], "key": it.key, **self._meta(it)})
+                    out[original] = chosen
+                rows.append({"phrase": it.phrase, "descriptions": chosen, "key": it.key, **self._meta(it)})
             elif it.phrase not in stats.failures:
                 stats.failures[it.phrase] = f"only {len(it.have)} of {k} usable descriptions"
         return ExpandResult(out, stats, rows)
@@ -187,7 +199,7 @@ class Expander:
             key = make_key(
                 backend=self.backend_name, model=str(backend.model), template_name=template.name,
                 template_version=template.version, template_fingerprint=template.fingerprint, prompt=prompt,
-                params=params.as_dict(), k=cfg.k,
+                params=params.as_dict(), k=self.wanted,
             )
             items.append(_Item(text, Request(text, prompt), key, []))
         return items
@@ -197,12 +209,12 @@ class Expander:
         return {
             "backend": self.backend_name, "model": str(self.backend.model), "template": template.name,
             "template_version": template.version, "prompt": item.request.prompt.text,
-            "params": SamplingParams.from_config(self.cfg).as_dict(), "k": self.cfg.k,
+            "params": SamplingParams.from_config(self.cfg).as_dict(), "k": self.wanted,
             "provenance": f"{self.backend_name}:{self.backend.model}",
         }
 
     async def _expand_missing(self, todo, stats: ExpandStats, cacheable: bool, progress) -> None:
-        backend, cfg, k = self.backend, self.cfg, self.cfg.k
+        backend, cfg, k = self.backend, self.cfg, self.wanted
         pm = get_plugin_manager()
         params = SamplingParams.from_config(cfg)
         concurrency = max(1, min(cfg.expand.concurrency, backend.concurrency))

@@ -46,6 +46,15 @@ def clean_descriptions(phrase, texts, config):
 
 
 @hookspec(firstresult=True)
+def select_descriptions(phrase, candidates, k, config):
+    """Choose k of the cleaned ``candidates`` (there are ``expand.oversample`` x k of them).
+
+    Return a list of k strings, or None to let the next implementation decide; the built-in
+    keeps the first k. A relevance reranker plugs in here.
+    """
+
+
+@hookspec(firstresult=True)
 def aggregate_embeddings(aggregator, features, mask, k):
     """Combine k description embeddings per phrase.
 
