@@ -6,6 +6,7 @@ each attempt is counted in ``Completion.requests``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 
@@ -18,6 +19,9 @@ from .base import Backend, Completion, Request, SamplingParams
 
 RETRY_STATUS = (408, 409, 429)  # plus every 5xx
 NO_KEY = "OpenAI backend needs an API key: set OPENAI_API_KEY or openai.api_key"
+
+
+log = logging.getLogger("actiongpt")
 
 
 class _Malformed(Exception):
@@ -116,6 +120,7 @@ class OpenAIBackend(Backend):
             delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             if wait is not None:
                 delay = max(delay, wait * random.uniform(1.0, 1.1))
+            log.info("%s; retry %d/%d in %.1f s", self._redact(reason), attempt, self.max_retries, delay)
             await asyncio.sleep(delay)
 
     def _completion(self, response, attempt: int) -> Completion:
