@@ -81,6 +81,7 @@ class StoreConfig:
 class ExpandConfig:
     concurrency: int = 32
     attempts: int = 3  # extra requests when too few usable descriptions come back
+    oversample: float = 1.0  # ask for ceil(k * oversample) samples; `select_descriptions` keeps k
     min_words: int = 3  # shorter descriptions are dropped as truncated or empty
     max_phrase_chars: int = 500  # longer input is a mistake (a pasted file?), not an action phrase
 
@@ -88,9 +89,19 @@ class ExpandConfig:
 @dataclass
 class EmbeddingConfig:
     aggregator: str = "paper"
-    cache: bool = True
-    on_missing: str = "expand"  # expand | strict
-    batch_size: int = 64
+    cache: bool = True  # aggregated features of frozen text models, reused across steps
+    cache_size: int = 8192  # phrases kept (least recently used dropped first)
+    cache_device: Optional[str] = None  # where cached features live; None: the text model's device
+    on_missing: str = "expand"  # expand | strict (phrases never expanded/prepared: store only)
+    batch_size: int = 64  # phrases per text-model call in prepare()
+
+
+@dataclass
+class QualityConfig:
+    rerank: bool = False  # keep the k candidates most relevant to the phrase (with expand.oversample > 1)
+    embedder: str = "all-MiniLM-L6-v2"  # or a local sentence-transformers directory
+    min_relevance: float = 0.3  # below: off-topic for this phrase (see docs/quality.md)
+    min_movement: float = 0.35  # below: not about body movement at all
 
 
 @dataclass
@@ -107,6 +118,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     expand: ExpandConfig = field(default_factory=ExpandConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
 
 CHOICES = {
@@ -195,6 +207,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("openai.concurrency", "expand.concurrency", "transformers.batch_size", "embedded.batch_size"):
         if OmegaConf.select(cfg, key) < 1:
             raise ActionGPTError(f"bad value for config key {key!r}: must be at least 1")
+    if cfg.expand.oversample < 1:
+        raise ActionGPTError("bad value for config key 'expand.oversample': must be at least 1.0")
     if not 0 <= cfg.sampling.temperature <= 2:
         raise ActionGPTError("bad value for config key 'sampling.temperature': must be between 0 and 2")
 
