@@ -9,6 +9,14 @@ Faults are consumed in order, one per completion request; ``on_request(record)``
 fault as well. Every request is recorded without its Authorization header, which is kept apart
 in ``authorizations`` so tests can check a key was sent without it landing in the records.
 
+The Batch API too: POST /v1/files (multipart, purpose "batch"), GET /v1/files/{id}[/content],
+POST /v1/batches, GET /v1/batches[/{id}], POST /v1/batches/{id}/cancel. A batch completes on the
+``batch_polls``-th retrieve once ``batch_delay`` seconds have passed (never while ``batch_hold``;
+it fails validation with ``batch_error`` when set);
+its lines are then answered like live requests, with ``on_batch_line(line)`` choosing a Fault per
+line: "status" goes to the error file, "drop" leaves the line unanswered (the batch then expires),
+"empty"/"fewer"/"no_choices" shape the reply. Batch and file calls are recorded with a "method".
+
 Run as a script for manual tries: ``python tests/fake_openai.py --port 0 --latency 0.2``.
 """
 from __future__ import annotations
@@ -21,7 +29,10 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_MODEL = "fake-model"
 MOVES = (
@@ -99,11 +110,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet: tests read the records instead
         pass
 
-    def _send(self, status: int, payload, headers: dict | None = None) -> None:
+    def _send(self, status: int, payload, headers: dict | None = None, content_type="application/json") -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
@@ -116,6 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/").endswith("/models"):
             fake = self.server.fake
             self._send(200, {"object": "list", "data": [{"id": fake.model, "object": "model", "owned_by": "fake"}]})
+        elif self.path.startswith(("/v1/files", "/v1/batches")):
+            self._batch_api("GET", b"")
         else:
             self._send(404, _error(f"unknown path {self.path}", "not_found"))
 
@@ -123,6 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if self.path.startswith(("/v1/files", "/v1/batches")):
+            return self._batch_api("POST", raw)
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -162,6 +177,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, fake.reply(path, body, fault))
 
 
+    def _batch_api(self, method: str, raw: bytes) -> None:
+        fake = self.server.fake
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/")
+        headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"}
+        record = {"path": path, "method": method, "body": None, "headers": headers, "time": time.monotonic()}
+        with fake._lock:
+            fake.requests.append(record)
+            fake.authorizations.append(self.headers.get("Authorization"))
+        status, payload, content_type = fake.batch_api(method, path, parse_qs(url.query), raw,
+                                                       self.headers.get("Content-Type") or "", record)
+        self._send(status, payload, content_type=content_type)
+
+
 def _error(message: str, kind: str) -> dict:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
@@ -185,6 +214,15 @@ class FakeOpenAI:
         self.on_request = None
         self.faults: collections.deque[Fault] = collections.deque()
         self.requests: list[dict] = []
+        # Batch API state: files[id] = {"object": file object, "data": bytes}; batches[id] = batch object
+        self.files: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_polls = 1  # retrieves before a batch completes
+        self.batch_delay = 0.0  # and seconds after its creation
+        self.batch_hold = False  # True: batches stay in_progress
+        self.on_batch_line = None  # on_batch_line(line: dict) -> Fault | str | int | None
+        self.batch_error = None  # {"code", "message"}: validation fails every batch with it
+        self.batch_lines: list[dict] = []  # every input line answered so far
         self.authorizations: list[str | None] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -236,6 +274,7 @@ class FakeOpenAI:
         with self._lock:
             self.requests.clear()
             self.authorizations.clear()
+            self.batch_lines.clear()
             self.faults.clear()
             self.max_in_flight = self.in_flight
 
@@ -289,6 +328,170 @@ class FakeOpenAI:
         if fault is not None and fault.kind == "no_choices":
             del reply["choices"]
         return reply
+
+
+    # batches
+    def batch_api(self, method: str, path: str, query: dict, raw: bytes, content_type: str, record: dict):
+        """(status, payload, content type) for a Files or Batches API call."""
+        parts = path.split("/")[2:]  # ["files", id, "content"] or ["batches", id, "cancel"]
+        with self._lock:
+            if method == "POST" and parts == ["files"]:
+                return self._upload(raw, content_type, record)
+            if method == "GET" and len(parts) in (2, 3) and parts[0] == "files":
+                file = self.files.get(parts[1])
+                if file is None or parts[2:] not in ([], ["content"]):
+                    return 404, _error(f"no file {parts[1]!r}", "not_found"), "application/json"
+                if parts[2:] == ["content"]:
+                    return 200, file["data"], "application/octet-stream"
+                return 200, file["object"], "application/json"
+            if method == "POST" and parts == ["batches"]:
+                body = _json_or_none(raw)
+                record["body"] = body
+                return self._create_batch(body or {})
+            if method == "GET" and parts == ["batches"]:
+                data = [_public(b) for b in sorted(self.batches.values(), key=lambda b: b["_created"], reverse=True)]
+                limit = int((query.get("limit") or ["20"])[0])
+                return 200, {"object": "list", "data": data[:limit], "has_more": False,
+                             "first_id": data[0]["id"] if data else None,
+                             "last_id": data[min(limit, len(data)) - 1]["id"] if data else None}, "application/json"
+            batch = self.batches.get(parts[1]) if len(parts) >= 2 and parts[0] == "batches" else None
+            if batch is None:
+                return 404, _error(f"unknown path {path}", "not_found"), "application/json"
+            if method == "GET" and len(parts) == 2:
+                self._advance(batch)
+                return 200, _public(batch), "application/json"
+            if method == "POST" and parts[2:] == ["cancel"] and batch["status"] in ("validating", "in_progress"):
+                batch.update(status="cancelled", cancelled_at=int(time.time()))
+                return 200, _public(batch), "application/json"
+            return 404, _error(f"unknown path {path}", "not_found"), "application/json"
+
+    def _add_file(self, data: bytes, filename: str, purpose: str) -> dict:
+        file_id = f"file-fake{next(self._ids)}"
+        obj = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+               "filename": filename, "purpose": purpose, "status": "processed"}
+        self.files[file_id] = {"object": obj, "data": data}
+        return obj
+
+    def _upload(self, raw: bytes, content_type: str, record: dict):
+        if not content_type.startswith("multipart/form-data"):
+            return 400, _error("expected multipart/form-data", "invalid_request_error"), "application/json"
+        message = BytesParser(policy=email_policy).parsebytes(
+            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+        fields = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            fields[name] = (part.get_filename(), part.get_payload(decode=True))
+        purpose = (fields.get("purpose", (None, b""))[1] or b"").decode()
+        if "file" not in fields or purpose != "batch":
+            return 400, _error("need a file and purpose=batch", "invalid_request_error"), "application/json"
+        filename, data = fields["file"]
+        record["body"] = {"filename": filename, "purpose": purpose, "bytes": len(data)}
+        return 200, self._add_file(data, filename or "upload", purpose), "application/json"
+
+    def _create_batch(self, body: dict):
+        file = self.files.get(body.get("input_file_id"))
+        endpoint = body.get("endpoint")
+        if file is None or endpoint not in ("/v1/chat/completions", "/v1/completions") \
+                or body.get("completion_window") != "24h":
+            return 400, _error("need a known input_file_id, a completions endpoint and completion_window=24h",
+                               "invalid_request_error"), "application/json"
+        now = int(time.time())
+        batch = {
+            "id": f"batch_fake{next(self._ids)}", "object": "batch", "endpoint": endpoint, "errors": None,
+            "input_file_id": file["object"]["id"], "completion_window": "24h", "status": "validating",
+            "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
+            "expires_at": now + 86400, "finalizing_at": None, "completed_at": None, "failed_at": None,
+            "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata"),
+            "_polls": 0, "_created": time.monotonic(),
+        }
+        self.batches[batch["id"]] = batch
+        return 200, _public(batch), "application/json"
+
+    def _advance(self, batch: dict) -> None:
+        """One retrieve: validate on the first, finish once enough polls and time have passed."""
+        batch["_polls"] += 1
+        if batch["status"] == "validating":
+            lines, problem = _parse_batch_input(self.files[batch["input_file_id"]]["data"], batch["endpoint"])
+            problem = problem or (dict(self.batch_error, line=None) if self.batch_error else None)
+            if problem:
+                batch.update(status="failed", failed_at=int(time.time()),
+                             errors={"object": "list", "data": [problem]})
+                return
+            batch.update(status="in_progress", in_progress_at=int(time.time()), _lines=lines)
+            batch["request_counts"]["total"] = len(lines)
+        if batch["status"] != "in_progress" or self.batch_hold:
+            return
+        if batch["_polls"] < self.batch_polls or time.monotonic() - batch["_created"] < self.batch_delay:
+            return
+        outputs, errors, dropped = [], [], 0
+        for i, line in enumerate(batch["_lines"]):
+            spec = self.on_batch_line(line) if self.on_batch_line else None
+            fault = None if spec is None else Fault.parse(spec)
+            self.batch_lines.append(line)
+            if fault is not None and fault.kind == "drop":
+                dropped += 1
+                continue
+            out = {"id": f"batch_req_{batch['id']}_{i}", "custom_id": line["custom_id"], "error": None}
+            if fault is not None and fault.kind == "status":
+                body = _error(fault.message or f"fake error {fault.status}", "fake_error")
+                out["response"] = {"status_code": fault.status, "request_id": f"req_{i}", "body": body}
+                errors.append(out)
+            else:
+                out["response"] = {"status_code": 200, "request_id": f"req_{i}",
+                                   "body": self.reply(line["url"], line["body"], fault)}
+                outputs.append(out)
+        now = int(time.time())
+        if outputs:
+            batch["output_file_id"] = self._add_file(_jsonl(outputs), "batch_output.jsonl", "batch_output")["id"]
+        if errors:
+            batch["error_file_id"] = self._add_file(_jsonl(errors), "batch_errors.jsonl", "batch_output")["id"]
+        batch["request_counts"].update(completed=len(outputs), failed=len(errors))
+        batch.update(status="expired" if dropped else "completed", finalizing_at=now,
+                     **{("expired_at" if dropped else "completed_at"): now})
+
+    def batch_requests(self, method: str | None = None, path: str = "") -> list[dict]:
+        """Recorded Files/Batches API calls (``path`` is a prefix, e.g. "/v1/batches")."""
+        with self._lock:
+            return [r for r in self.requests if "method" in r and (method is None or r["method"] == method)
+                    and r["path"].startswith(path)]
+
+
+def _json_or_none(raw: bytes):
+    try:
+        return json.loads(raw or b"{}")
+    except ValueError:
+        return None
+
+
+def _jsonl(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _public(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
+def _parse_batch_input(data: bytes, endpoint: str):
+    """(lines, None) or (None, error) like the API's validation: JSON lines, unique custom_id, one endpoint."""
+    lines, seen = [], set()
+    for number, text in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not text.strip():
+            continue
+        line = _json_or_none(text.encode())
+        if not isinstance(line, dict) or not isinstance(line.get("body"), dict):
+            return None, {"code": "invalid_json_line", "message": f"line {number} is not a request", "line": number}
+        if line.get("url") != endpoint or line.get("method") != "POST":
+            return None, {"code": "mismatched_endpoint", "message": f"line {number}: url is not {endpoint}",
+                          "line": number}
+        if line.get("custom_id") in seen or not line.get("custom_id"):
+            return None, {"code": "duplicate_custom_id", "message": f"line {number}: custom_id missing or repeated",
+                          "line": number}
+        seen.add(line["custom_id"])
+        lines.append(line)
+    if not lines:
+        return None, {"code": "empty_file", "message": "the input file has no requests", "line": None}
+    return lines, None
 
 
 def main(argv=None) -> None:

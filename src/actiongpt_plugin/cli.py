@@ -28,6 +28,14 @@ app.add_typer(config_app, name="config")
 app.add_typer(pack_app, name="pack")
 app.add_typer(store_app, name="store")
 
+@app.callback()
+def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log retries and progress to stderr.")):
+    import logging
+
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="actiongpt: %(message)s")
+
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $ACTIONGPT_CONFIG).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set sampling.temperature=0.7 (repeatable).")
 EXIT_USAGE, EXIT_FAILURES, EXIT_INTERRUPTED = 2, 1, 130
@@ -70,6 +78,8 @@ def expand(
     offline: bool = typer.Option(False, "--offline", help="Use stored descriptions only; fail listing any missing."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight at once."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar for --file."),
+    batch: bool = typer.Option(False, "--batch", help="Use the OpenAI Batch API (half price, within 24 h); rerun to resume."),
+    poll_interval: float = typer.Option(30.0, "--poll-interval", help="Seconds between batch status checks (--batch)."),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
 ):
@@ -86,7 +96,13 @@ def expand(
     for phrase in todo:  # every phrase valid before any is paid for
         normalise_phrase(phrase, cfg.expand.max_phrase_chars)
     with Expander(cfg) as expander:
-        result = _run_with_progress(expander, todo, show=progress and file is not None)
+        if batch:
+            from .batch import BatchRunner
+
+            runner = BatchRunner(expander, poll_interval=poll_interval, log=lambda line: typer.echo(line, err=True))
+            result = runner.run(todo)
+        else:
+            result = _run_with_progress(expander, todo, show=progress and file is not None)
         if out is not None:
             from .packs import write_pack
 
@@ -208,6 +224,58 @@ def store_stats(config: Optional[Path] = ConfigOpt, sets: Optional[List[str]] = 
 
     with DescriptionStore(store_path(_config(config, sets))) as store:
         typer.echo(json.dumps(store.stats(), indent=2))
+
+
+@app.command()
+def score(
+    packs: List[Path] = typer.Argument(..., help="JSONL packs or release gpt3_annotations.json files to compare."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    per_phrase: bool = typer.Option(False, "--per-phrase", help="Also score every phrase and show rejected texts."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N phrases of each pack."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+):
+    """Relevance, body-part coverage, length and rejection rate of description packs (see docs/quality.md)."""
+    from .packs import read_pack, verify_manifest
+    from .quality import BODY_GROUPS, score_rows
+
+    cfg = _config(config, sets)
+    reports = []
+    for path in packs:
+        verify_manifest(path)
+        rows = [r for r in read_pack(path) if r["descriptions"]][:limit]
+        report = {"pack": str(path), **score_rows(rows, cfg.quality)}
+        if not per_phrase:
+            report.pop("per_phrase")
+        reports.append(report)
+    if as_json:
+        typer.echo(json.dumps(reports, indent=2, ensure_ascii=False))
+        return
+
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    groups = list(BODY_GROUPS)
+    head = f"{'pack':<28} {'phrases':>7} {'descr':>6} {'relev':>6} {'min':>6} {'words':>6} {'reject':>7} {'groups':>6}  "
+    typer.echo(head + " ".join(f"{g:>5}" for g in groups))
+    for r in reports:
+        name = Path(r["pack"]).name
+        typer.echo(
+            f"{name[-28:]:<28} {r['phrases']:>7} {r['descriptions']:>6} {num(r['relevance_mean'], '.3f'):>6} "
+            f"{num(r['relevance_min'], '.3f'):>6} {num(r['words_mean'], '.1f'):>6} {num(r['rejected_rate'], '.1%'):>7} "
+            f"{num(r['groups_mean'], '.2f'):>6}  " + " ".join(f"{num(r['coverage'][g], '.2f'):>5}" for g in groups)
+        )
+    for r in reports:
+        if r["rejections"]:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in r["rejections"].items())
+            typer.echo(f"{Path(r['pack']).name}: rejected {kinds}")
+        for p in r.get("per_phrase", ()):
+            typer.echo(f"  {p['phrase']!r}: relevance {num(p['relevance_mean'], '.3f')} (min "
+                       f"{num(p['relevance_min'], '.3f')}), {p['descriptions']} descriptions, "
+                       f"{len(p['rejected'])} rejected, {num(p['groups_mean'], '.1f')} body-part groups")
+            for item in p["rejected"]:
+                text = item["text"] if len(item["text"]) <= 80 else item["text"][:77] + "..."
+                typer.echo(f"    - {item['reason']}: {text}")
 
 
 def main(argv=None) -> None:

@@ -65,6 +65,8 @@ class _Item:
     request: Request
     key: str
     have: list
+    chosen: list | None = None  # the k descriptions used, once complete (set by Expander._need)
+    short: str = ""  # why it is not complete yet
 
 
 class Expander:
@@ -152,43 +154,66 @@ class Expander:
 
     def run(self, phrases, progress=None) -> ExpandResult:
         """Expand, reporting each finished phrase to ``progress(phrase, ok)``; failures are collected."""
-        cfg = self.cfg
-        k = self.wanted
-        by_text: dict[str, list[str]] = {}
-        for phrase in phrases:
-            by_text.setdefault(normalise_phrase(phrase, cfg.expand.max_phrase_chars), []).append(phrase)
-        stats = ExpandStats(phrases=len(by_text))
-        items = self._items(list(by_text))
-        cacheable = self.backend.paid and cfg.store.enabled
-        if cacheable:
-            stored = self.store.get_many(it.key for it in items)
-            for it in items:
-                it.have = list(stored.get(it.key, []))
-        todo = [it for it in items if len(it.have) < k]
+        by_text, items, stats = self._prepare(phrases)
+        todo = [it for it in items if self._need(it)]
         stats.cache_hits = len(items) - len(todo)
         if progress:
             for it in items:
-                if len(it.have) >= k:
+                if it.chosen is not None:
                     progress(it.phrase, True)
-        if todo and cfg.store.offline:
+        if todo and self.cfg.store.offline:
             raise MissingDescriptionsError([it.phrase for it in todo])
         if todo:
-            self._run_async(self._expand_missing(todo, stats, cacheable, progress))
-        out, rows = {}, []
+            self._run_async(self._expand_missing(todo, stats, self.cacheable, progress))
+        return self._finish(by_text, items, stats)
+
+    # -- internals (batch.py shares them) --------------------------------------------------------
+    @property
+    def cacheable(self) -> bool:
+        return self.backend.paid and self.cfg.store.enabled
+
+    def _prepare(self, phrases):
+        """Dedupe the phrases (as given -> normalised) and load what the store has for each."""
+        by_text: dict[str, list[str]] = {}
+        for phrase in phrases:
+            by_text.setdefault(normalise_phrase(phrase, self.cfg.expand.max_phrase_chars), []).append(phrase)
+        items = self._items(list(by_text))
+        if self.cacheable:
+            stored = self.store.get_many(it.key for it in items)
+            for it in items:
+                it.have = list(stored.get(it.key, []))
+        return by_text, items, ExpandStats(phrases=len(by_text))
+
+    def _need(self, item: _Item) -> int:
+        """More samples a phrase needs (0: done, its k descriptions in ``item.chosen``)."""
+        cfg, wanted = self.cfg, self.wanted
+        item.chosen = None
+        if len(item.have) < wanted:
+            item.short = f"only {len(item.have)} of {wanted} usable descriptions"
+            return wanted - len(item.have)
+        if not self.backend.paid:
+            item.chosen = item.have[: cfg.k]
+            return 0
         select = get_plugin_manager().hook.select_descriptions
+        chosen = select(phrase=item.phrase, candidates=list(item.have), k=cfg.k, config=cfg)
+        if len(chosen) >= cfg.k:
+            item.chosen = list(chosen[: cfg.k])
+            return 0
+        # The selector rejected too many: ask for the missing ones, oversampled like the first request.
+        item.short = f"only {len(chosen)} of {cfg.k} descriptions accepted by the selector (of {len(item.have)})"
+        return math.ceil((cfg.k - len(chosen)) * cfg.expand.oversample)
+
+    def _finish(self, by_text: dict, items: list, stats: ExpandStats) -> ExpandResult:
+        out, rows = {}, []
         for it in items:
-            if len(it.have) >= k:
-                chosen = it.have[: cfg.k]
-                if self.backend.paid:
-                    chosen = select(phrase=it.phrase, candidates=it.have[:k], k=cfg.k, config=cfg)
+            if it.chosen is not None:
                 for original in by_text[it.phrase]:
-                    out[original] = chosen
-                rows.append({"phrase": it.phrase, "descriptions": chosen, "key": it.key, **self._meta(it)})
+                    out[original] = it.chosen
+                rows.append({"phrase": it.phrase, "descriptions": it.chosen, "key": it.key, **self._meta(it)})
             elif it.phrase not in stats.failures:
-                stats.failures[it.phrase] = f"only {len(it.have)} of {k} usable descriptions"
+                stats.failures[it.phrase] = it.short
         return ExpandResult(out, stats, rows)
 
-    # -- internals -----------------------------------------------------------------------------
     def _items(self, texts: list[str]) -> list[_Item]:
         backend, template, cfg = self.backend, self.template, self.cfg
         pm = get_plugin_manager()
@@ -214,7 +239,7 @@ class Expander:
         }
 
     async def _expand_missing(self, todo, stats: ExpandStats, cacheable: bool, progress) -> None:
-        backend, cfg, k = self.backend, self.cfg, self.wanted
+        backend, cfg = self.backend, self.cfg
         pm = get_plugin_manager()
         params = SamplingParams.from_config(cfg)
         concurrency = max(1, min(cfg.expand.concurrency, backend.concurrency))
@@ -248,26 +273,32 @@ class Expander:
                 if fatal:
                     return
                 try:
-                    # Paid backends get extra rounds for phrases left short by cleaning or short replies.
+                    # Paid backends get extra rounds for phrases left short by cleaning, short replies or
+                    # a selector that rejected candidates.
                     rounds = 1 + (cfg.expand.attempts if backend.paid else 0)
                     for _ in range(rounds):
-                        short = [it for it in batch if len(it.have) < k]
-                        if not short:
+                        needs: dict[int, list] = {}
+                        for it in batch:
+                            n = self._need(it)
+                            if n:
+                                needs.setdefault(n, []).append(it)
+                        if not needs:
                             break
-                        for n in sorted({k - len(it.have) for it in short}):
-                            await ask([it for it in short if k - len(it.have) == n], n)
+                        for n in sorted(needs):
+                            await ask(needs[n], n)
                 except FatalBackendError as exc:
                     fatal.append(exc)
                 except ActionGPTError as exc:
                     for it in batch:
-                        if len(it.have) < k:
+                        if it.chosen is None:
                             stats.failures[it.phrase] = str(exc)
             for it in batch:
-                if len(it.have) >= k:
+                done = self._need(it) == 0
+                if done:
                     stats.expanded += 1
                     stats.failures.pop(it.phrase, None)  # a later round made up for an earlier error
                 if progress and not fatal:
-                    progress(it.phrase, len(it.have) >= k)
+                    progress(it.phrase, done)
 
         await asyncio.gather(*(work(b) for b in batches))
         if fatal:

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ActionGPTError
@@ -37,6 +38,16 @@ CREATE TABLE IF NOT EXISTS descriptions (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS descriptions_phrase ON descriptions(phrase);
+CREATE TABLE IF NOT EXISTS batches (
+    submission TEXT PRIMARY KEY,  -- ours, recorded (and sent as batch metadata) before the batch exists
+    batch_id TEXT,
+    endpoint TEXT NOT NULL,
+    status TEXT NOT NULL,  -- submitting, then the API's status
+    requests TEXT NOT NULL,  -- JSON [{"key", "phrase", "n", "meta"}]: what each custom_id (= key) is for
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    collected_at REAL  -- results are in descriptions; NULL while the batch is open
+);
 """
 _LOOKUP_CHUNK = 500  # stays under SQLite's host-parameter limit
 
@@ -94,40 +105,50 @@ class DescriptionStore:
                     found[key] = json.loads(descriptions)
         return found
 
-    def append(self, key: str, *, phrase: str, descriptions: list[str], raw, meta: dict,
-               prompt_tokens: int = 0, completion_tokens: int = 0, requests: int = 0) -> list[str]:
-        """Add descriptions (and the raw response that produced them) to a key; returns all it now has."""
-        now = time.time()
+    @contextmanager
+    def _transaction(self):
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                row = conn.execute("SELECT descriptions, raw FROM descriptions WHERE key = ?", (key,)).fetchone()
-                if row is None:
-                    allof = list(descriptions)
-                    conn.execute(
-                        "INSERT INTO descriptions (key, phrase, backend, model, template, template_version, prompt,"
-                        " params, k, descriptions, raw, prompt_tokens, completion_tokens, requests, provenance,"
-                        " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (key, phrase, meta["backend"], meta["model"], meta["template"], str(meta["template_version"]),
-                         meta["prompt"], json.dumps(meta["params"], sort_keys=True), meta["k"],
-                         json.dumps(allof, ensure_ascii=False), json.dumps([raw], ensure_ascii=False, default=str),
-                         prompt_tokens, completion_tokens, requests, meta.get("provenance", ""), now, now),
-                    )
-                else:
-                    allof = json.loads(row[0]) + list(descriptions)
-                    raws = json.loads(row[1]) + [raw]
-                    conn.execute(
-                        "UPDATE descriptions SET descriptions = ?, raw = ?, prompt_tokens = prompt_tokens + ?,"
-                        " completion_tokens = completion_tokens + ?, requests = requests + ?, updated_at = ?"
-                        " WHERE key = ?",
-                        (json.dumps(allof, ensure_ascii=False), json.dumps(raws, ensure_ascii=False, default=str),
-                         prompt_tokens, completion_tokens, requests, now, key),
-                    )
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+
+    def append(self, key: str, *, phrase: str, descriptions: list[str], raw, meta: dict,
+               prompt_tokens: int = 0, completion_tokens: int = 0, requests: int = 0) -> list[str]:
+        """Add descriptions (and the raw response that produced them) to a key; returns all it now has."""
+        with self._transaction() as conn:
+            return self._append(conn, key, phrase=phrase, descriptions=descriptions, raw=raw, meta=meta,
+                                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, requests=requests)
+
+    @staticmethod
+    def _append(conn, key, *, phrase, descriptions, raw, meta, prompt_tokens=0, completion_tokens=0, requests=0):
+        now = time.time()
+        row = conn.execute("SELECT descriptions, raw FROM descriptions WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            allof = list(descriptions)
+            conn.execute(
+                "INSERT INTO descriptions (key, phrase, backend, model, template, template_version, prompt,"
+                " params, k, descriptions, raw, prompt_tokens, completion_tokens, requests, provenance,"
+                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (key, phrase, meta["backend"], meta["model"], meta["template"], str(meta["template_version"]),
+                 meta["prompt"], json.dumps(meta["params"], sort_keys=True), meta["k"],
+                 json.dumps(allof, ensure_ascii=False), json.dumps([raw], ensure_ascii=False, default=str),
+                 prompt_tokens, completion_tokens, requests, meta.get("provenance", ""), now, now),
+            )
+        else:
+            allof = json.loads(row[0]) + list(descriptions)
+            raws = json.loads(row[1]) + [raw]
+            conn.execute(
+                "UPDATE descriptions SET descriptions = ?, raw = ?, prompt_tokens = prompt_tokens + ?,"
+                " completion_tokens = completion_tokens + ?, requests = requests + ?, updated_at = ?"
+                " WHERE key = ?",
+                (json.dumps(allof, ensure_ascii=False), json.dumps(raws, ensure_ascii=False, default=str),
+                 prompt_tokens, completion_tokens, requests, now, key),
+            )
         return allof
 
     def put_row(self, row: dict) -> bool:
@@ -171,6 +192,50 @@ class DescriptionStore:
                 " COALESCE(SUM(requests),0) FROM descriptions"
             ).fetchone()
         return {"path": str(self.path), "rows": n, "prompt_tokens": pt, "completion_tokens": ct, "requests": rq}
+
+    # -- OpenAI batches (batch.py): recorded so a rerun resumes them instead of paying again --------
+    def add_batch(self, submission: str, endpoint: str, requests: list[dict]) -> None:
+        now = time.time()
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO batches (submission, batch_id, endpoint, status, requests, created_at, updated_at)"
+                " VALUES (?, NULL, ?, 'submitting', ?, ?, ?)",
+                (submission, endpoint, json.dumps(requests, ensure_ascii=False), now, now),
+            )
+
+    def set_batch(self, submission: str, status: str, batch_id: str | None = None) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE batches SET status = ?, batch_id = COALESCE(?, batch_id), updated_at = ? WHERE submission = ?",
+                (status, batch_id, time.time(), submission),
+            )
+
+    def drop_batch(self, submission: str) -> None:
+        """Forget a submission whose batch was never created."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM batches WHERE submission = ? AND batch_id IS NULL", (submission,))
+
+    def open_batches(self) -> list[dict]:
+        """Submitted batches whose results are not yet in the store, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT submission, batch_id, endpoint, status, requests, created_at FROM batches"
+                " WHERE collected_at IS NULL ORDER BY created_at"
+            ).fetchall()
+        return [{"submission": r[0], "batch_id": r[1], "endpoint": r[2], "status": r[3],
+                 "requests": json.loads(r[4]), "created_at": r[5]} for r in rows]
+
+    def collect_batch(self, submission: str, status: str, results: list[dict]) -> None:
+        """Append a finished batch's results and close it in one transaction: a crash never adds them twice.
+
+        Each result has the keyword arguments of `append` plus ``key``.
+        """
+        with self._transaction() as conn:
+            for result in results:
+                result = dict(result)
+                self._append(conn, result.pop("key"), **result)
+            conn.execute("UPDATE batches SET status = ?, collected_at = ?, updated_at = ? WHERE submission = ?",
+                         (status, time.time(), time.time(), submission))
 
     def integrity_check(self) -> str:
         with self._lock:
