@@ -90,7 +90,7 @@ class BatchRunner:
         requests = [{"key": it.key, "phrase": it.phrase, "n": needs[it.key], "meta": ex._meta(it)} for it in chunk]
         data = "".join(
             json.dumps({"custom_id": it.key, "method": "POST", "url": self.endpoint,
-                        "body": self._body(it.request, needs[it.key], params)}, ensure_ascii=False) + "\n"
+                        "body": self.backend.request_body(it.request, needs[it.key], params)}, ensure_ascii=False) + "\n"
             for it in chunk
         ).encode("utf-8")
         submission = uuid.uuid4().hex
@@ -112,19 +112,6 @@ class BatchRunner:
         ex.store.set_batch(submission, batch.status, batch.id)
         self.log(f"submitted batch {batch.id}: {len(chunk)} requests")
         return {"submission": submission, "batch_id": batch.id, "status": batch.status, "requests": requests}
-
-    def _body(self, request, n: int, params: SamplingParams) -> dict:
-        # The same request the live openai backend sends, so the store key means the same thing.
-        body = dict(model=self.backend.model, n=n, temperature=params.temperature, top_p=params.top_p,
-                    max_tokens=params.max_tokens, frequency_penalty=params.frequency_penalty,
-                    presence_penalty=params.presence_penalty)
-        if params.seed is not None:
-            body["seed"] = params.seed
-        if self.endpoint == "/v1/chat/completions":
-            body["messages"] = request.prompt.as_messages()
-        else:
-            body["prompt"] = request.prompt.text
-        return body
 
     def _reconcile(self, opened: list[dict]) -> list[dict]:
         """Half-created submissions (killed between recording and creating): adopt the batch or forget them."""

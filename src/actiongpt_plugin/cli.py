@@ -39,6 +39,7 @@ def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log ret
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $ACTIONGPT_CONFIG).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set sampling.temperature=0.7 (repeatable).")
 EXIT_USAGE, EXIT_FAILURES, EXIT_INTERRUPTED = 2, 1, 130
+INTERRUPTED = "interrupted: everything expanded so far is in the store; run the same command again to resume"
 
 
 def _err(message: str) -> None:
@@ -286,6 +287,8 @@ def main(argv=None) -> None:
     try:
         # Without standalone mode, click returns typer.Exit's code instead of raising it.
         code = command.main(args=argv, prog_name="actiongpt", standalone_mode=False)
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+            _err(INTERRUPTED)
         sys.exit(code if isinstance(code, int) else 0)
     except ActionGPTError as exc:
         _err(str(exc))
@@ -298,7 +301,7 @@ def main(argv=None) -> None:
         _err(" ".join(exc.format_message().split()) + " (see --help)")
         sys.exit(EXIT_USAGE)
     except (typer.Abort, KeyboardInterrupt):
-        _err("interrupted: everything expanded so far is in the store; run the same command again to resume")
+        _err(INTERRUPTED)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # a bug: keep it to one line unless asked
         if os.environ.get("ACTIONGPT_DEBUG"):

@@ -47,10 +47,11 @@ def clean_descriptions(phrase, texts, config):
 
 @hookspec(firstresult=True)
 def select_descriptions(phrase, candidates, k, config):
-    """Choose k of the cleaned ``candidates`` (there are ``expand.oversample`` x k of them).
+    """Choose k of the cleaned, stored ``candidates`` (at least ``expand.oversample`` x k of them).
 
-    Return a list of k strings, or None to let the next implementation decide; the built-in
-    keeps the first k. A relevance reranker plugs in here.
+    Return the chosen descriptions, or None to let the next implementation decide (the built-in
+    keeps the first k). Returning fewer than k makes the expander ask the LLM for more, within
+    ``expand.attempts``. The relevance reranker (quality.py) plugs in here.
     """
 
 

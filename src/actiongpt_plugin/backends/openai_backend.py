@@ -70,9 +70,9 @@ class OpenAIBackend(Backend):
             self._semaphore = asyncio.Semaphore(self.concurrency)
         return self._client, self._semaphore
 
-    async def complete(self, request: Request, k: int, params: SamplingParams) -> Completion:
-        client, semaphore = self._session()
-        args = dict(
+    def request_body(self, request: Request, k: int, params: SamplingParams) -> dict:
+        """The JSON body of one request for k samples (the Batch API sends the same body)."""
+        body = dict(
             model=self.model,
             n=k,
             temperature=params.temperature,
@@ -82,11 +82,17 @@ class OpenAIBackend(Backend):
             presence_penalty=params.presence_penalty,
         )
         if params.seed is not None:
-            args["seed"] = params.seed
+            body["seed"] = params.seed
         if self.api == "chat":
-            create, args["messages"] = client.chat.completions.create, request.prompt.as_messages()
+            body["messages"] = request.prompt.as_messages()
         else:
-            create, args["prompt"] = client.completions.create, request.prompt.text
+            body["prompt"] = request.prompt.text
+        return body
+
+    async def complete(self, request: Request, k: int, params: SamplingParams) -> Completion:
+        client, semaphore = self._session()
+        args = self.request_body(request, k, params)
+        create = client.chat.completions.create if self.api == "chat" else client.completions.create
 
         attempt = 0
         while True:
