@@ -127,7 +127,9 @@ class TransformersBackend(Backend):
         # Load errors repeat for every request: FatalBackendError stops the run at once.
         torch = import_torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # our own progress and messages go to stderr instead
         path = Path(self.model)
         if not path.exists():
             raise FatalBackendError(f"transformers model not found: {path} (give a local model directory or a .gguf file)")
@@ -143,7 +145,8 @@ class TransformersBackend(Backend):
                 source, extra, gguf_copy = gguf_copy, {}, None
             else:  # dequantise to float32 once; the copy then serves every dtype
                 source, extra, load_dtype = path.parent, {"gguf_file": path.name}, torch.float32
-                log.info("dequantising %s (20-30 s, once); the copy goes to %s", path.name, gguf_copy)
+                # Shown without --verbose: the first run is slow and should say why.
+                log.warning("dequantising %s once (20-60 s); the copy goes to %s", path.name, gguf_copy)
         elif not (path / "config.json").is_file():
             raise FatalBackendError(f"{path} is not a transformers model directory (no config.json)")
         else:
