@@ -94,6 +94,8 @@ class EmbeddingConfig:
     cache_device: Optional[str] = None  # where cached features live; None: the text model's device
     on_missing: str = "expand"  # expand | strict (phrases never expanded/prepared: store only)
     batch_size: int = 64  # phrases per text-model call in prepare()
+    long_text: str = "split"  # split | trim | truncate: descriptions over the text model's budget (adapters/textbudget.py)
+    text_budget: Optional[int] = None  # tokens for split/trim; None: the model's own (CLIP 75, MDM on HumanML3D/KIT 20)
 
 
 @dataclass
@@ -125,6 +127,7 @@ CHOICES = {
     "openai.api": ("chat", "completions"),
     "embedded.engine": ("auto", "llamacpp", "transformers"),
     "embedding.on_missing": ("expand", "strict"),
+    "embedding.long_text": ("split", "trim", "truncate"),
 }
 
 

@@ -7,26 +7,32 @@ buffer and submodule tables (so ``state_dict`` keys and tensors are the very sam
 added) and overrides ``encode_text``: it decodes the CLIP ids between SOT and EOT back to text,
 maps that text to the label given to ``expand``/``prepare`` when there is one, and returns the
 aggregate of the k descriptions, each re-tokenised with ``truncate=True`` and encoded by the real
-CLIP: ``[n, D]`` like the original. ``uninstall`` puts the real model back.
+CLIP (descriptions over 75 tokens follow ``embedding.long_text``, see textbudget.py): ``[n, D]``
+like the original. ``uninstall`` puts the real model back. The CLIP helpers here (token decoding,
+the proxy, the token budget) serve the T2M-GPT adapter too.
 """
 from __future__ import annotations
 
+import functools
 import sys
 
 from ..errors import ActionGPTError
 from ..hookspecs import hookimpl
 from .base import Adapter
+from .textbudget import TextBudget
 
 SOT, EOT = 49406, 49407  # OpenAI CLIP's <|startoftext|> and <|endoftext|>
+CLIP_BUDGET = 75  # CLIP's 77-token context less SOT and EOT
 TAG = "clip-tokenize-truncate"
 _proxy_classes: dict = {}
 
 
 def clip_module_for(model):
-    """The ``clip`` module MotionCLIP's model code uses (its module global), else ``import clip``."""
-    clip = getattr(sys.modules.get(type(model).__module__), "clip", None)
-    if clip is not None and hasattr(clip, "tokenize"):
-        return clip
+    """The ``clip`` module the model's code uses (its own ``clip`` or its module global), else ``import clip``."""
+    for owner in (model, sys.modules.get(type(model).__module__)):
+        clip = getattr(owner, "clip", None)
+        if clip is not None and hasattr(clip, "tokenize"):
+            return clip
     try:
         import clip
     except Exception as exc:  # noqa: BLE001 - clip's import pulls torchvision/PIL and may fail in many ways
@@ -34,8 +40,21 @@ def clip_module_for(model):
     return clip
 
 
+@functools.lru_cache(maxsize=None)
+def clip_tokenizer(clip):
+    return clip.simple_tokenizer.SimpleTokenizer()
+
+
+def clip_budget(cfg, clip, tokens: int = CLIP_BUDGET) -> TextBudget:
+    """The text budget of a CLIP text path: ``tokens`` BPE tokens between SOT and EOT."""
+    return TextBudget(cfg, tokens, lambda text: len(clip_tokenizer(clip).encode(text)), "clip")
+
+
 def _encode_text(self, text):
-    return self.__dict__["_actiongpt_adapter"].encode_text(text)
+    adapter, real = self.__dict__["_actiongpt_adapter"], self.__dict__["_actiongpt_real"]
+    if not adapter.installed:  # a proxy kept after uninstall (e.g. one that clip.load handed out)
+        return real.encode_text(text)
+    return adapter.encode_text(text, real)
 
 
 def _itself(module):
@@ -72,18 +91,17 @@ class MotionClipAdapter(Adapter):
     def __init__(self, model, ag):
         super().__init__(model, ag)
         self.real = model.clip_model
-        if "_actiongpt_adapter" in vars(self.real):
+        if self.real is not None and "_actiongpt_adapter" in vars(self.real):
             raise ActionGPTError("model.clip_model is already an ActionGPT proxy; uninstall first")
         self.clip = clip_module_for(model)
-        self._tokenizer = None
+        self.text_budget = clip_budget(ag.cfg, self.clip)
+        self.tag = f"{TAG}:{self.text_budget.tag}"
         self.proxy = None
         self.aliases: dict[str, str] = {}  # decoded CLIP text -> label as given to expand/prepare
 
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = self.clip.simple_tokenizer.SimpleTokenizer()
-        return self._tokenizer
+        return clip_tokenizer(self.clip)
 
     def text_of(self, ids) -> str:
         """CLIP ids of one row -> lowercased, whitespace-normalised text between SOT and EOT."""
@@ -97,30 +115,37 @@ class MotionClipAdapter(Adapter):
         for phrase, row in zip(phrases, tokens.tolist()):
             self.aliases[self.text_of(row)] = phrase
 
-    def encode(self, descriptions):
-        """The real CLIP on descriptions, cut to 77 tokens as the release does."""
-        device = next(self.real.parameters()).device
-        return self.real.encode_text(self.clip.tokenize(descriptions, truncate=True).to(device))
+    def encode(self, descriptions, real=None):
+        """The real CLIP on descriptions (``truncate=True``, as the release), under ``embedding.long_text``."""
+        real = self.real if real is None else real
+        device = next(real.parameters()).device
 
-    def encode_text(self, text):
+        def run(texts):
+            return real.encode_text(self.clip.tokenize(texts, truncate=True).to(device))
+
+        return self.text_budget.encode(descriptions, run)
+
+    def encode_text(self, text, real=None):
         """The drop-in for ``clip_model.encode_text(tokens)``: [n, 77] ids -> [n, D] features.
 
         Empty rows are padding, not actions (MotionCLIP pads its text grids with ''): they keep
-        CLIP's own features.
+        CLIP's own features. ``real``: the CLIP model to use (a proxy passes its own).
         """
+        real = self.real if real is None else real
+        encode = functools.partial(self.encode, real=real)
         phrases = []
         for row in text.tolist():
             decoded = self.text_of(row)
             phrases.append(self.aliases.get(decoded, decoded))
         keep = [i for i, p in enumerate(phrases) if p]
         if len(keep) == len(phrases):
-            return self.ag.embed_pooled(phrases, self.encode, self.real, TAG)
+            return self.ag.embed_pooled(phrases, encode, real, self.tag)
         empty = [i for i, p in enumerate(phrases) if not p]
-        base = self.real.encode_text(text[empty])
+        base = real.encode_text(text[empty])
         out = base.new_zeros(len(phrases), base.shape[1])
         out[empty] = base
         if keep:
-            out[keep] = self.ag.embed_pooled([phrases[i] for i in keep], self.encode, self.real, TAG).to(base.dtype)
+            out[keep] = self.ag.embed_pooled([phrases[i] for i in keep], encode, real, self.tag).to(base.dtype)
         return out
 
     @property
@@ -128,7 +153,7 @@ class MotionClipAdapter(Adapter):
         return self.encode_text
 
     def embedding_source(self):
-        return self.encode, self.real, TAG
+        return self.encode, self.real, self.tag
 
     def install(self):
         self.proxy = make_proxy(self.real, self)

@@ -1,0 +1,141 @@
+"""MDM (GuyTevet/motion-diffusion-model): the ``encode_text`` instance attribute (a built-in adapter plugin).
+
+MDM sets ``self.encode_text = self.clip_encode_text`` (CLIP, the default) or ``self.bert_encode_text``
+(DistilBERT) in ``__init__``; ``forward`` calls ``self.encode_text(y['text'])`` unless ``y['text_embed']``
+is given, and sampling fills ``text_embed`` once per batch with ``model.encode_text(...)``. The
+classifier-free-guidance wrapper (``ClassifierFreeSampleModel``) copies ``model.encode_text`` when it is
+created. ``install`` replaces the instance attribute of the MDM (and of the wrapper, when the wrapper is
+the model given to ActionGPT); wrappers created after install copy the replacement. No module,
+parameter or buffer is added: ``load_model_wo_clip`` keeps working both ways.
+
+- CLIP: ``[1, n, D]`` float. The descriptions go through the original ``clip_encode_text`` (its
+  20-token cut on HumanML3D/KIT, 77 elsewhere); longer ones follow ``embedding.long_text``.
+- BERT: ``([T, n, 768], mask [n, T] True = padding)``, aggregated at token level like TEMOS.
+"""
+from __future__ import annotations
+
+import functools
+
+from ..errors import ActionGPTError
+from ..hookspecs import hookimpl
+from .base import Adapter
+from .motionclip import CLIP_BUDGET, clip_budget, clip_module_for
+from .temos import tokenizer_tag
+
+SHORT_TEXT_DATASETS = ("humanml", "kit")  # MDM cuts CLIP input to 20 tokens on these
+MDM_SHORT_BUDGET = 20
+
+
+class MethodDropIn:
+    """An instance attribute standing in for a text-encoding method of ``owner`` while installed.
+
+    Calls ``adapter.encode_for(owner, ...)``; once the adapter is uninstalled, a copy left behind
+    calls the original method. ``copy.deepcopy`` of the owner (MDM's EMA copy) gives the copy its own
+    drop-in sharing the same ActionGPT; pickling stores the upstream bound method instead.
+    """
+
+    def __init__(self, adapter, owner, method: str):
+        self.adapter, self.owner, self.method = adapter, owner, method
+
+    def original(self):
+        return getattr(type(self.owner), self.method).__get__(self.owner)
+
+    def __call__(self, *args, **kwargs):
+        if not self.adapter.installed:
+            return self.original()(*args, **kwargs)
+        return self.adapter.encode_for(self.owner, *args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return MethodDropIn(self.adapter, memo.get(id(self.owner), self.owner), self.method)
+
+    def __reduce_ex__(self, protocol):
+        return getattr, (self.owner, self.method)
+
+
+class MdmAdapter(Adapter):
+    name = "mdm"
+    granularity = "pooled"  # "tokens" in BERT mode (set per instance)
+
+    @staticmethod
+    def mdm_of(model):
+        """The MDM: the model itself, or the one inside a ClassifierFreeSampleModel (``model.model``)."""
+        inner = vars(model).get("_modules", {}).get("model") if hasattr(model, "__dict__") else None
+        for candidate in (model, inner):
+            if type(candidate).__name__ == "MDM" and "encode_text" in vars(candidate):
+                return candidate
+        return None
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        return cls.mdm_of(model) is not None
+
+    def __init__(self, model, ag):
+        super().__init__(model, ag)
+        self.mdm = self.mdm_of(model)
+        if self.mdm is None:
+            raise ActionGPTError(f"{type(model).__name__} is not a text-conditioned MDM (no encode_text)")
+        self.wrapper = model if model is not self.mdm else None
+        self.saved = {}
+        for owner in self.owners:
+            if isinstance(vars(owner).get("encode_text"), MethodDropIn):
+                raise ActionGPTError(f"encode_text of this {type(owner).__name__} is already replaced; uninstall first")
+        self.kind = getattr(self.mdm, "text_encoder_type", "clip")
+        self.method = f"{self.kind}_encode_text"  # the upstream method encode_text points to
+        if self.kind == "bert":
+            self.granularity = "tokens"
+            self.text_budget = None  # DistilBERT reads 512 tokens; MDM does not cut its input
+            self.tag = f"mdm-bert:{tokenizer_tag(self.mdm.clip_model)}"
+        elif self.kind == "clip":
+            dataset = getattr(self.mdm, "dataset", None)
+            tokens = MDM_SHORT_BUDGET if dataset in SHORT_TEXT_DATASETS else CLIP_BUDGET
+            self.text_budget = clip_budget(ag.cfg, clip_module_for(self.mdm), tokens)
+            self.tag = f"mdm-clip:{tokens}:{self.text_budget.tag}"
+        else:
+            raise ActionGPTError(f"unknown MDM text_encoder_type {self.kind!r}; the adapter knows clip and bert")
+
+    @property
+    def owners(self):
+        return [self.mdm] + ([self.wrapper] if self.wrapper is not None else [])
+
+    def text_model_of(self, mdm):
+        return mdm.clip_model.text_model if self.kind == "bert" else mdm.clip_model
+
+    def encoder_of(self, mdm):
+        """encode(descriptions) with the ORIGINAL method of ``mdm``: [N, D], or ([N, T, H], mask True = real)."""
+        original = getattr(type(mdm), self.method).__get__(mdm)
+        if self.kind == "bert":
+            def encode(descriptions):
+                features, padding = original(descriptions)
+                return features.permute(1, 0, 2), ~padding
+            return encode
+        return lambda descriptions: self.text_budget.encode(descriptions, lambda texts: original(texts)[0])
+
+    def encode_for(self, mdm, raw_text):
+        """The drop-in for ``mdm.encode_text(raw_text)``: same output types and shapes as upstream."""
+        texts, encode, text_model = list(raw_text), self.encoder_of(mdm), self.text_model_of(mdm)
+        if self.kind == "bert":
+            features, mask = self.ag.embed_tokens(texts, encode, text_model, self.tag)
+            return features.permute(1, 0, 2), ~mask
+        return self.ag.embed_pooled(texts, encode, text_model, self.tag).float().unsqueeze(0)
+
+    @property
+    def text_encoder(self):
+        return functools.partial(self.encode_for, self.mdm)
+
+    def embedding_source(self):
+        return self.encoder_of(self.mdm), self.text_model_of(self.mdm), self.tag
+
+    def install(self):
+        # Plain instance attributes (what MDM itself sets): no module, parameter or buffer.
+        for owner in self.owners:
+            self.saved[id(owner)] = vars(owner)["encode_text"]
+            owner.__dict__["encode_text"] = MethodDropIn(self, self.mdm, self.method)
+
+    def uninstall(self):
+        for owner in self.owners:
+            owner.__dict__["encode_text"] = self.saved.pop(id(owner))
+
+
+@hookimpl
+def register_adapters(register):
+    register(MdmAdapter)
