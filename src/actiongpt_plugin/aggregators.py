@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
+from .lazy import torch
 
 from .errors import ActionGPTError
 from .hookspecs import hookimpl

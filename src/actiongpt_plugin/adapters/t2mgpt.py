@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 
-import torch
+from ..lazy import torch
 
 from ..errors import ActionGPTError
 from ..hookspecs import hookimpl

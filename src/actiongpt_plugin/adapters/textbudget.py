@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-import torch
+from ..lazy import torch
 
 from ..aggregators import norm_mean
 from ..errors import ActionGPTError

@@ -10,7 +10,7 @@ import logging
 import os
 import random
 
-import openai
+from ..lazy import openai
 
 from ..config import openai_api_key
 from ..errors import ActionGPTError, FatalBackendError
