@@ -137,3 +137,18 @@ def test_a_second_actiongpt_on_a_patched_encoder_is_refused(model):
     ActionGPT(model, expander=ScriptedExpander()).install()
     with pytest.raises(Exception, match="already replaced"):
         ActionGPT(model, expander=ScriptedExpander())
+
+
+def test_deepcopy_and_pickle_while_installed(model):
+    import copy
+    import pickle
+
+    with ActionGPT(model, expander=ScriptedExpander()) as ag:
+        out = model.textencoder.get_last_hidden_state(PHRASES)
+        twin = copy.deepcopy(model)  # e.g. an EMA copy: same ActionGPT, its own encoder
+        assert twin.textencoder.get_last_hidden_state.owner is twin.textencoder
+        assert torch.allclose(twin.textencoder.get_last_hidden_state(PHRASES), out)
+        plain = pickle.loads(pickle.dumps(model))  # a pickled model carries the upstream method
+    assert not ag.installed
+    assert torch.equal(plain.textencoder.get_last_hidden_state(PHRASES), original(plain.textencoder, PHRASES)[0])
+    assert torch.equal(twin.textencoder.get_last_hidden_state(PHRASES), original(twin.textencoder, PHRASES)[0])

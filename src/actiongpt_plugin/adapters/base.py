@@ -58,6 +58,32 @@ class Adapter:
             self.ag.embed(phrases[start : start + batch_size], encode, text_model, tag)
 
 
+class MethodDropIn:
+    """An instance attribute standing in for a text-encoding method of ``owner`` while installed.
+
+    Calls ``adapter.encode_for(owner, ...)``; once the adapter is uninstalled, a copy left behind
+    calls the original method. ``copy.deepcopy`` of the owner (MDM's EMA copy) gives the copy its own
+    drop-in sharing the same ActionGPT; pickling stores the upstream bound method instead.
+    """
+
+    def __init__(self, adapter, owner, method: str):
+        self.adapter, self.owner, self.method = adapter, owner, method
+
+    def original(self):
+        return getattr(type(self.owner), self.method).__get__(self.owner)
+
+    def __call__(self, *args, **kwargs):
+        if not self.adapter.installed:
+            return self.original()(*args, **kwargs)
+        return self.adapter.encode_for(self.owner, *args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return MethodDropIn(self.adapter, memo.get(id(self.owner), self.owner), self.method)
+
+    def __reduce_ex__(self, protocol):
+        return getattr, (self.owner, self.method)
+
+
 def defining_class(obj_type: type, class_name: str, method: str, package: str):
     """The class named ``class_name`` in ``obj_type``'s MRO that defines ``method`` and lives under ``package``.
 

@@ -16,8 +16,7 @@ import functools
 
 from ..errors import ActionGPTError
 from ..hookspecs import hookimpl
-from .base import Adapter, defining_class
-from .mdm import MethodDropIn
+from .base import Adapter, MethodDropIn, defining_class
 from .motionclip import clip_budget, clip_module_for
 
 CLASSES = ("MaskTransformer", "ResidualTransformer")

@@ -21,7 +21,7 @@ class TeachAdapter(TemosAdapter):
     def install(self):
         @functools.wraps(self.original)
         def get_last_hidden_state(encoder, texts, return_mask=False):
-            return self.encode_with(encoder, texts, return_mask)
+            return self.encode_for(encoder, texts, return_mask)
 
         get_last_hidden_state._actiongpt_adapter = self
         setattr(self.cls, METHOD, get_last_hidden_state)

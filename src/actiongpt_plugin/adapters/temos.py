@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..errors import ActionGPTError
 from ..hookspecs import hookimpl
-from .base import Adapter, defining_class
+from .base import Adapter, MethodDropIn, defining_class
 
 METHOD = "get_last_hidden_state"
 
@@ -48,7 +48,7 @@ class TemosAdapter(Adapter):
             raise ActionGPTError(f"{METHOD} of this {type(self.encoder).__name__} is already replaced; uninstall first")
 
     # The drop-in, for one encoder instance.
-    def encode_with(self, encoder, texts, return_mask=False):
+    def encode_for(self, encoder, texts, return_mask=False):
         def encode(descriptions):
             return self.original(encoder, descriptions, return_mask=True)
 
@@ -56,7 +56,7 @@ class TemosAdapter(Adapter):
         return (features, mask) if return_mask else features
 
     def get_last_hidden_state(self, texts, return_mask=False):
-        return self.encode_with(self.encoder, texts, return_mask)
+        return self.encode_for(self.encoder, texts, return_mask)
 
     @property
     def text_encoder(self):
@@ -67,8 +67,8 @@ class TemosAdapter(Adapter):
         return (lambda d: self.original(encoder, d, return_mask=True)), encoder.text_model, tokenizer_tag(encoder)
 
     def install(self):
-        # A plain instance attribute: not a parameter, buffer or submodule.
-        self.encoder.__dict__[METHOD] = self.get_last_hidden_state
+        # A plain instance attribute: not a parameter, buffer or submodule; deepcopy and pickle safe.
+        self.encoder.__dict__[METHOD] = MethodDropIn(self, self.encoder, METHOD)
 
     def uninstall(self):
         self.encoder.__dict__.pop(METHOD, None)
