@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import fake_openai  # noqa: E402
 from fake_openai import FakeOpenAI, _words  # noqa: E402
 
-fake_openai._Handler.disable_nagle_algorithm = True
 
 
 class ReleaseAwareFake(FakeOpenAI):

@@ -105,6 +105,7 @@ def _words(text: str) -> int:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real API servers do
+    disable_nagle_algorithm = True  # else small replies can stall ~40 ms on delayed ACKs
     server: "_Server"
 
     def log_message(self, *args):  # quiet: tests read the records instead

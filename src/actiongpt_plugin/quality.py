@@ -197,7 +197,7 @@ def assess(groups: list[tuple[str, list[str]]], quality) -> list[list[Verdict]]:
 @hookimpl
 def select_descriptions(phrase, candidates, k, config):
     """With quality.rerank: the k most relevant candidates the rules accept (maybe fewer: re-asked)."""
-    quality = config.get("quality")
+    quality = getattr(config, "quality", None)
     if quality is None or not quality.rerank:
         return None
     (verdicts,) = assess([(phrase, list(candidates))], quality)
