@@ -93,10 +93,10 @@ class OpenAIBackend(Backend):
     async def complete(self, request: Request, k: int, params: SamplingParams) -> Completion:
         client, semaphore = self._session()
         args = self.request_body(request, k, params)
-        # The raw reply, parsed as plain JSON: building the SDK's pydantic objects costs more CPU per
-        # request than everything else we do, and at 32 in flight the client's CPU is the bottleneck.
-        api = client.chat.completions if self.api == "chat" else client.completions
-        create = api.with_raw_response.create
+        # The client's public raw `post`, parsed as plain JSON: the SDK's typed request and reply
+        # models cost more CPU per request than everything else we do, and at 32 requests in flight
+        # on a small machine the client's CPU, not the latency, is the bottleneck (docs/benchmarks.md).
+        path = "/chat/completions" if self.api == "chat" else "/completions"
 
         attempt = 0
         while True:
@@ -104,8 +104,8 @@ class OpenAIBackend(Backend):
             wait = None
             try:
                 async with semaphore:
-                    reply = await create(**args)
-                data = json.loads(reply.content)
+                    reply = await client.post(path, body=args, cast_to=bytes)
+                data = json.loads(reply)
                 if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
                     raise _Malformed("reply has no choices")
                 return self._completion(data, attempt)
