@@ -21,3 +21,15 @@ def isolated_home(tmp_path, monkeypatch):
 def shared_model_home(tmp_path_factory):
     """A cache dir shared by the tests of one run, for expensive artefacts (dequantised models)."""
     return tmp_path_factory.mktemp("model-home")
+
+
+@pytest.fixture
+def scripted():
+    """The counting `scripted` backend, registered the way a third-party plugin would be."""
+    from actiongpt_plugin.plugins import register_plugin, unregister_plugin
+    from plugin_backends import ScriptedPlugin
+
+    plugin = ScriptedPlugin()
+    register_plugin(plugin, name="scripted-test")
+    yield plugin.backend
+    unregister_plugin("scripted-test")

@@ -7,7 +7,6 @@ import torch
 from actiongpt_plugin import ActionGPT, Expander, hookimpl, load_config
 from actiongpt_plugin.errors import ActionGPTError, MissingDescriptionsError
 from actiongpt_plugin.plugins import register_plugin, unregister_plugin
-from plugin_backends import ScriptedPlugin
 from standins import ScriptedExpander, tiny_distilbert
 from standins.temos import DistilbertEncoderBase, make_temos
 
@@ -84,14 +83,6 @@ def test_no_silent_fallback_to_the_label(model):
     with pytest.raises(MissingDescriptionsError, match="'fly'"):
         ag.text_encoder(["jump", "fly"])
     assert "fly" not in ag.descriptions
-
-
-@pytest.fixture
-def scripted():
-    plugin = ScriptedPlugin()
-    register_plugin(plugin, name="scripted-actiongpt-test")
-    yield plugin.backend
-    unregister_plugin("scripted-actiongpt-test")
 
 
 def test_strict_uses_the_store_offline(model, scripted, tmp_path):

@@ -7,15 +7,6 @@ from actiongpt_plugin import Expander, load_config
 from actiongpt_plugin.errors import ActionGPTError, FatalBackendError, MissingDescriptionsError
 from actiongpt_plugin.plugins import register_plugin, unregister_plugin
 from actiongpt_plugin.store import DescriptionStore
-from plugin_backends import ScriptedPlugin
-
-
-@pytest.fixture
-def scripted():
-    plugin = ScriptedPlugin()
-    register_plugin(plugin, name="scripted-test")
-    yield plugin.backend
-    unregister_plugin("scripted-test")
 
 
 def test_expand_then_rerun_hits_store(scripted, isolated_home):

@@ -8,8 +8,6 @@ from actiongpt_plugin import quality
 from actiongpt_plugin.cli import main
 from actiongpt_plugin.errors import ActionGPTError
 from actiongpt_plugin.packs import write_pack
-from actiongpt_plugin.plugins import register_plugin, unregister_plugin
-from plugin_backends import ScriptedPlugin
 
 # On-topic descriptions, partly real SmolLM2-135M outputs with the few-shot template.
 GOOD_JUMP = [
@@ -44,14 +42,6 @@ def minilm():
 @pytest.fixture
 def qcfg():
     return load_config().quality
-
-
-@pytest.fixture
-def scripted():
-    plugin = ScriptedPlugin()
-    register_plugin(plugin, name="scripted-quality")
-    yield plugin.backend
-    unregister_plugin("scripted-quality")
 
 
 # -- rules (no model) ------------------------------------------------------------------------------
