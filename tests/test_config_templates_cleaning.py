@@ -77,3 +77,14 @@ def test_cleaning():
     assert clean_text("   ") is None and clean_text("jumps.") is None
     assert clean_text("A person jumps. Then lands softly on both feet.", max_words=4) == "A person jumps."
     assert clean_all("jump", ["jump", "Jump.", "The person leaps into the air."]) == ["The person leaps into the air."]
+
+
+def test_configuration_doc_matches_the_schema():
+    """docs/configuration.md shows every key with its real default: the doc cannot drift."""
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    documented = yaml.safe_load(text.split("```yaml", 1)[1].split("```", 1)[0])
+    assert documented == OmegaConf.to_container(load_config())
