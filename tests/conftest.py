@@ -33,3 +33,19 @@ def scripted():
     register_plugin(plugin, name="scripted-test")
     yield plugin.backend
     unregister_plugin("scripted-test")
+
+
+@pytest.fixture
+def run_example(monkeypatch, capsys):
+    """Run examples/<name>_example.py as a user would (`--steps 2`); return what it printed."""
+    import runpy
+    from pathlib import Path
+
+    def run(name: str) -> str:
+        examples = Path(__file__).resolve().parents[1] / "examples"
+        monkeypatch.syspath_prepend(str(examples))
+        monkeypatch.setattr("sys.argv", [f"{name}_example.py", "--steps", "2"])
+        runpy.run_path(str(examples / f"{name}_example.py"), run_name="__main__")
+        return capsys.readouterr().out
+
+    return run

@@ -222,17 +222,10 @@ def test_third_party_aggregator_plugin(model):
 
 
 @pytest.mark.parametrize("name", ["temos", "teach", "motionclip"])
-def test_examples_run(name, monkeypatch, capsys):
-    import runpy
-    from pathlib import Path
-
+def test_examples_run(name, run_example):
     if name == "motionclip":
         from standins import require_clip_vocabulary
 
         require_clip_vocabulary()
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    monkeypatch.syspath_prepend(str(examples))
-    monkeypatch.setattr("sys.argv", [f"{name}_example.py", "--steps", "2"])
-    runpy.run_path(str(examples / f"{name}_example.py"), run_name="__main__")
-    out = capsys.readouterr().out
+    out = run_example(name)
     assert "step 1: loss" in out and "text model calls: 1;" in out

@@ -174,14 +174,7 @@ def test_errors(model):
             ActionGPT(model, expander=ScriptedExpander())
 
 
-def test_example_runs(monkeypatch, capsys):
-    import runpy
-    from pathlib import Path
-
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    monkeypatch.syspath_prepend(str(examples))
-    monkeypatch.setattr("sys.argv", ["mdm_example.py", "--steps", "2"])
-    runpy.run_path(str(examples / "mdm_example.py"), run_name="__main__")
-    out = capsys.readouterr().out
+def test_example_runs(run_example):
+    out = run_example("mdm")
     assert "step 1: loss" in out and "text model calls: 1;" in out
     assert "MDM sees: 'a person bends both knees and jumps up.'" in out

@@ -127,13 +127,6 @@ def test_requires_text_condition():
         ActionGPT(action, expander=ScriptedExpander())
 
 
-def test_example_runs(monkeypatch, capsys):
-    import runpy
-    from pathlib import Path
-
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    monkeypatch.syspath_prepend(str(examples))
-    monkeypatch.setattr("sys.argv", ["momask_example.py", "--steps", "2"])
-    runpy.run_path(str(examples / "momask_example.py"), run_name="__main__")
-    out = capsys.readouterr().out
+def test_example_runs(run_example):
+    out = run_example("momask")
     assert "step 1: loss" in out and "text model calls: 1;" in out and "residual codes (2, 8, 3)" in out

@@ -115,13 +115,6 @@ def test_driver_without_clip_adopts_the_first_loaded(clip):
     assert torch.allclose(evaluated["features"][1], hand_mean(clip, real, exp.describe("walk forward")), atol=5e-3)
 
 
-def test_example_runs(clip, monkeypatch, capsys):
-    import runpy
-    from pathlib import Path
-
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    monkeypatch.syspath_prepend(str(examples))
-    monkeypatch.setattr("sys.argv", ["t2mgpt_example.py", "--steps", "2"])
-    runpy.run_path(str(examples / "t2mgpt_example.py"), run_name="__main__")
-    out = capsys.readouterr().out
+def test_example_runs(clip, run_example):
+    out = run_example("t2mgpt")
     assert "step 1: loss" in out and "clip.load restored: True" in out and "-> motions 2" in out
