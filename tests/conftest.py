@@ -49,3 +49,11 @@ def run_example(monkeypatch, capsys):
         return capsys.readouterr().out
 
     return run
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory):
+    """A tiny random DistilBERT (TEMOS's text model) saved once per test run."""
+    from standins import tiny_distilbert
+
+    return tiny_distilbert(tmp_path_factory.mktemp("distilbert") / "distilbert-base-uncased")

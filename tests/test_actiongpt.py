@@ -7,13 +7,8 @@ import torch
 from actiongpt_plugin import ActionGPT, Expander, hookimpl, load_config
 from actiongpt_plugin.errors import ActionGPTError, MissingDescriptionsError
 from actiongpt_plugin.plugins import register_plugin, unregister_plugin
-from standins import ScriptedExpander, tiny_distilbert
+from standins import ScriptedExpander
 from standins.temos import DistilbertEncoderBase, make_temos
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    return tiny_distilbert(tmp_path_factory.mktemp("distilbert") / "distilbert-base-uncased")
 
 
 @pytest.fixture

@@ -4,15 +4,10 @@ import torch
 
 from actiongpt_plugin import ActionGPT
 from actiongpt_plugin.adapters.temos import TemosAdapter
-from standins import ScriptedExpander, tiny_distilbert
+from standins import ScriptedExpander
 from standins.temos import DistilbertEncoderBase, make_temos
 
 PHRASES = ["jump", "walk forward", "wave both hands"]
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    return tiny_distilbert(tmp_path_factory.mktemp("distilbert") / "distilbert-base-uncased")
 
 
 @pytest.fixture
