@@ -94,8 +94,8 @@ def expand(
         raise ActionGPTError("nothing to expand: give a phrase (actiongpt expand \"jump\") or --file labels.txt")
     cfg = _config(config, sets, k=k, backend=backend, model=model, template=template,
                   **{"store.offline": True if offline else None, "expand.concurrency": concurrency})
-    for phrase in todo:  # every phrase valid before any is paid for
-        normalise_phrase(phrase, cfg.expand.max_phrase_chars)
+    # Every phrase valid before any is paid for; the distinct ones size the progress bar.
+    distinct = {normalise_phrase(phrase, cfg.expand.max_phrase_chars) for phrase in todo}
     with Expander(cfg) as expander:
         if batch:
             from .batch import BatchRunner
@@ -103,7 +103,7 @@ def expand(
             runner = BatchRunner(expander, poll_interval=poll_interval, log=lambda line: typer.echo(line, err=True))
             result = runner.run(todo)
         else:
-            result = _run_with_progress(expander, todo, show=progress and file is not None)
+            result = _run_with_progress(expander, todo, len(distinct), show=progress and file is not None)
         if out is not None:
             from .packs import write_pack
 
@@ -129,7 +129,7 @@ def expand(
         raise typer.Exit(EXIT_FAILURES)
 
 
-def _run_with_progress(expander, phrases, show: bool):
+def _run_with_progress(expander, phrases, total: int, show: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -138,7 +138,7 @@ def _run_with_progress(expander, phrases, show: bool):
         return expander.run(phrases)
     columns = (TextColumn("expanding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("expand", total=len({" ".join(p.split()) for p in phrases}))
+        task = bar.add_task("expand", total=total)
         return expander.run(phrases, progress=lambda phrase, ok: bar.advance(task))
 
 
