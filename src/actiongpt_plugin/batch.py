@@ -181,12 +181,14 @@ class BatchRunner:
             prompt_tokens, completion_tokens = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
             stats.prompt_tokens += prompt_tokens
             stats.completion_tokens += completion_tokens
+            finish_reasons = [c.get("finish_reason") for c in body["choices"]]
             if self.endpoint == "/v1/chat/completions":
                 texts = [((c.get("message") or {}).get("content") or "") for c in body["choices"]]
             else:
                 texts = [c.get("text") or "" for c in body["choices"]]
             texts = get_plugin_manager().hook.clean_descriptions(
-                phrase=request["phrase"], texts=texts, config=self._config_for(request["meta"]))
+                phrase=request["phrase"], texts=texts, config=self._config_for(request["meta"]),
+                finish_reasons=finish_reasons)
             results.append(dict(key=request["key"], phrase=request["phrase"], descriptions=texts, raw=body,
                                 meta=request["meta"], prompt_tokens=prompt_tokens,
                                 completion_tokens=completion_tokens, requests=1))

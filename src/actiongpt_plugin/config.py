@@ -20,6 +20,18 @@ SECRET_KEYS = ("api_key",)
 MASK = "***"
 
 
+def option(default=None, help: str = "", *, choices=None, low=None, high=None, secret: bool = False, factory=None):
+    """A config option: its default plus what validation, `config show` and docs/configuration.md need.
+
+    ``choices``: the valid values; ``low``/``high``: an inclusive numeric range; ``secret``: masked in
+    every dump and kept out of messages (API keys, tokens).
+    """
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "low": low, "high": high, "secret": secret}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("ACTIONGPT_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "actiongpt"
@@ -94,6 +106,8 @@ class EmbeddingConfig:
     cache_device: Optional[str] = None  # where cached features live; None: the text model's device
     on_missing: str = "expand"  # expand | strict (phrases never expanded/prepared: store only)
     batch_size: int = 64  # phrases per text-model call in prepare()
+    persist: bool = False  # also keep aggregated features on disk (every process and later runs reuse them)
+    persist_path: Optional[str] = None  # default: <cache dir>/embeddings.sqlite
     long_text: str = "split"  # split | trim | truncate: descriptions over the text model's budget (adapters/textbudget.py)
     text_budget: Optional[int] = None  # tokens for split/trim; None: the model's own (CLIP 75, MDM on HumanML3D/KIT 20)
 

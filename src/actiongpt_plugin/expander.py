@@ -239,7 +239,7 @@ class Expander:
         for text in texts:
             prompt = pm.hook.build_prompt(template=template, phrase=text, config=cfg)
             key = make_key(
-                backend=self.backend_name, model=str(backend.model), template_name=template.name,
+                backend=self.backend_name, identity=backend.identity(), template_name=template.name,
                 template_version=template.version, template_fingerprint=template.fingerprint, prompt=prompt,
                 params=params.as_dict(), k=self.wanted,
             )
@@ -250,7 +250,7 @@ class Expander:
         if self._meta_base is None:
             template = self.template
             self._meta_base = {
-                "backend": self.backend_name, "model": str(self.backend.model), "template": template.name,
+                **self.backend.identity(), "backend": self.backend_name, "template": template.name,
                 "template_version": template.version, "params": self.params.as_dict(), "k": self.wanted,
                 "provenance": f"{self.backend_name}:{self.backend.model}",
             }
@@ -276,7 +276,8 @@ class Expander:
                     stats.failures[it.phrase] = completion.error
                 texts = completion.texts
                 if backend.paid:
-                    texts = pm.hook.clean_descriptions(phrase=it.phrase, texts=texts, config=cfg)
+                    texts = pm.hook.clean_descriptions(phrase=it.phrase, texts=texts, config=cfg,
+                                                       finish_reasons=completion.finish_reasons)
                 if cacheable:
                     it.have = self.store.append(
                         it.key, phrase=it.phrase, descriptions=texts, raw=completion.raw, meta=self._meta(it),

@@ -41,8 +41,12 @@ def query_llm(backend, requests, k, params):
 
 
 @hookspec(firstresult=True)
-def clean_descriptions(phrase, texts, config):
-    """Return the usable descriptions among an LLM's raw ``texts`` (may be fewer than given)."""
+def clean_descriptions(phrase, texts, config, finish_reasons):
+    """Return the usable descriptions among an LLM's raw ``texts`` (may be fewer than given).
+
+    ``finish_reasons`` is parallel to ``texts`` ("stop", "length" when cut off by max_tokens, or None
+    when the backend cannot tell); an implementation may leave it out of its signature.
+    """
 
 
 @hookspec(firstresult=True)

@@ -52,12 +52,18 @@ CREATE TABLE IF NOT EXISTS batches (
 _LOOKUP_CHUNK = 500  # stays under SQLite's host-parameter limit
 
 
-def make_key(*, backend: str, model: str, template_name: str, template_version: str, template_fingerprint: str,
+def make_key(*, backend: str, identity: dict, template_name: str, template_version: str, template_fingerprint: str,
              prompt, params: dict, k: int) -> str:
+    """``identity``: the backend's (``Backend.identity()``): its model, and for servers the endpoint and API.
+
+    Fields beyond the model enter the hash only when present, so keys made before they existed still match.
+    """
+    extra = {name: value for name, value in identity.items() if name != "model"}
     blob = json.dumps(
         {
             "backend": backend,
-            "model": model,
+            "model": identity["model"],
+            **({"server": extra} if extra else {}),
             "template": [template_name, str(template_version), template_fingerprint],
             "prompt": [prompt.text, list(prompt.messages)],
             "params": params,

@@ -25,6 +25,8 @@ class Completion:
     completion_tokens: int = 0
     requests: int = 1  # HTTP requests / generate calls spent, retries included
     error: str | None = None  # why this request produced nothing (e.g. phrase not in a pack)
+    # Why each text ended, parallel to ``texts``: "stop", "length" (cut off by max_tokens) or None (unknown).
+    finish_reasons: list | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,13 @@ class Backend:
     concurrency: int = 1
     paid: bool = True
     recommended_template: str = "actiongpt"  # used when the user picks no template
+
+    def identity(self) -> dict:
+        """What names this backend's outputs in store keys and pack manifests, besides its name.
+
+        Two backends whose answers could differ must differ here (a server's endpoint, an API mode).
+        """
+        return {"model": str(self.model)}
 
     async def complete(self, request: Request, k: int, params: SamplingParams) -> Completion:
         raise NotImplementedError
