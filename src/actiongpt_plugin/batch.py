@@ -14,13 +14,15 @@ import time
 import uuid
 from contextlib import contextmanager
 
-import openai
-from omegaconf import OmegaConf
+import dataclasses
+from pathlib import Path
+from typing import List, Optional
 
-from .backends.base import SamplingParams
 from .backends.openai_backend import OpenAIBackend
-from .errors import ActionGPTError, FatalBackendError, MissingDescriptionsError
-from .expander import Expander, ExpandResult
+from .errors import ActionGPTError, FatalBackendError, MissingDescriptionsError, redact
+from .expander import Expander, ExpandResult, Plan
+from .hookspecs import hookimpl
+from .lazy import openai
 from .plugins import get_plugin_manager
 
 MAX_REQUESTS = 50_000  # the API's limit per batch file
@@ -48,16 +50,15 @@ class BatchRunner:
     # -- the run -------------------------------------------------------------------------------
     def run(self, phrases) -> ExpandResult:
         ex = self.expander
-        by_text, items, stats = ex._prepare(phrases)
-        needs = {it.key: ex._need(it) for it in items}
-        stats.cache_hits = sum(1 for n in needs.values() if n == 0)
-        if ex.cfg.store.offline and any(needs.values()):
-            raise MissingDescriptionsError([it.phrase for it in items if needs[it.key]])
-        if not any(needs.values()):
-            return ex._finish(by_text, items, stats)
-        self.client = openai.OpenAI(**{**self.backend._client_args, "max_retries": self.backend.max_retries})
+        plan = ex.plan(phrases)
+        todo = {job.key: job for job in plan.todo}
+        if ex.cfg.store.offline and todo:
+            raise MissingDescriptionsError([job.phrase for job in todo.values()])
+        if not todo:
+            return ex.result(plan)
+        self.client = openai.OpenAI(**self.backend.client_options(), max_retries=self.backend.max_retries)
         try:
-            mine = {it.key: it.phrase for it in items}
+            mine = {job.key: job.phrase for job in plan.jobs}
             opened = self._reconcile(ex.store.open_batches())
             pending = {r["key"] for b in opened for r in b["requests"]}
             ours = [b for b in opened if any(r["key"] in mine for r in b["requests"])]
@@ -66,32 +67,37 @@ class BatchRunner:
                 self.log(f"{others} other open batch(es) in the store are for other phrases; left alone")
             for b in ours:
                 self.log(f"resuming batch {b['batch_id']} ({len(b['requests'])} requests, {b['status']})")
-            todo = [it for it in items if needs[it.key] and it.key not in pending]
-            for start in range(0, len(todo), MAX_REQUESTS):
-                ours.append(self._submit(todo[start: start + MAX_REQUESTS], needs))
-            self._wait(ours, stats, mine)
+            submit = [job for key, job in todo.items() if key not in pending]
+            for start in range(0, len(submit), MAX_REQUESTS):
+                ours.append(self._submit(submit[start: start + MAX_REQUESTS]))
+            self._wait(ours, plan, mine)
         finally:
             self.client.close()
-        stored = ex.store.get_many(it.key for it in items)
-        for it in items:
-            it.have = list(stored.get(it.key, []))
-            if ex._need(it) == 0:
-                stats.failures.pop(it.phrase, None)
-                if needs[it.key]:
-                    stats.expanded += 1
-            elif it.phrase not in stats.failures:
-                stats.failures[it.phrase] = f"{it.short}; run again to submit the rest"
-        return ex._finish(by_text, items, stats)
+        self._refresh(plan, todo)
+        return ex.result(plan)
+
+    def _refresh(self, plan: Plan, todo: dict) -> None:
+        """Re-read what the batches stored; count what is now complete."""
+        ex, stats = self.expander, plan.stats
+        stored = ex.store.get_many(todo)
+        for key, job in todo.items():
+            job.have = list(stored.get(key, []))
+            if ex.need(job) == 0:
+                stats.failures.pop(job.phrase, None)
+                stats.expanded += 1
+            elif job.phrase not in stats.failures:
+                stats.failures[job.phrase] = f"{job.short}; run again to submit the rest"
 
     # -- submitting --------------------------------------------------------------------------
-    def _submit(self, chunk, needs) -> dict:
+    def _submit(self, chunk) -> dict:
         ex = self.expander
-        params = SamplingParams.from_config(ex.cfg)
-        requests = [{"key": it.key, "phrase": it.phrase, "n": needs[it.key], "meta": ex._meta(it)} for it in chunk]
+        requests = [{"key": job.key, "phrase": job.phrase, "n": ex.need(job), "meta": ex.row_meta(job)}
+                    for job in chunk]
         data = "".join(
-            json.dumps({"custom_id": it.key, "method": "POST", "url": self.endpoint,
-                        "body": self.backend.request_body(it.request, needs[it.key], params)}, ensure_ascii=False) + "\n"
-            for it in chunk
+            json.dumps({"custom_id": job.key, "method": "POST", "url": self.endpoint,
+                        "body": self.backend.request_body(job.request, ex.need(job), ex.params)},
+                       ensure_ascii=False) + "\n"
+            for job in chunk
         ).encode("utf-8")
         submission = uuid.uuid4().hex
         ex.store.add_batch(submission, self.endpoint, requests)  # before anything exists remotely
@@ -136,7 +142,7 @@ class BatchRunner:
         return None
 
     # -- waiting and collecting ------------------------------------------------------------------
-    def _wait(self, waiting: list[dict], stats, mine: dict) -> None:
+    def _wait(self, waiting: list[dict], plan: Plan, mine: dict) -> None:
         waiting = list(waiting)
         shown = {}
         while waiting:
@@ -152,7 +158,7 @@ class BatchRunner:
                     self.expander.store.set_batch(record["submission"], batch.status)
                     record["status"] = batch.status
                 if batch.status in TERMINAL:
-                    self._collect(record, batch, stats, mine)
+                    self._collect(record, batch, plan.stats, mine)
                     waiting.remove(record)
             if waiting:
                 self.sleep(self.poll_interval)
@@ -212,13 +218,13 @@ class BatchRunner:
         message = (error or {}).get("message") if isinstance(error, dict) else None
         if message is None and isinstance(body, dict) and isinstance(body.get("error"), dict):
             message = body["error"].get("message")
-        return None, self.backend._redact(f"HTTP {status}: {message or 'malformed result'}")
+        return None, redact(f"HTTP {status}: {message or 'malformed result'}")
 
     def _batch_reason(self, batch) -> str:
         if batch.status == "failed":
             errors = getattr(batch.errors, "data", None) or []
             detail = "; ".join(e.message or e.code or "" for e in errors[:3]) or "no reason given"
-            return self.backend._redact(f"batch {batch.id} failed: {detail}")
+            return redact(f"batch {batch.id} failed: {detail}")
         if batch.status in ("expired", "cancelled"):
             return f"batch {batch.id} {batch.status} before this request ran"
         return f"no result for this request in batch {batch.id}"
@@ -227,7 +233,7 @@ class BatchRunner:
         """The config to clean with: the template the request was made with (it sets max_words)."""
         name = f"{meta['template']}@{meta['template_version']}"
         if name not in self._templates:
-            self._templates[name] = OmegaConf.merge(self.expander.cfg, {"template": name})
+            self._templates[name] = dataclasses.replace(self.expander.settings, template=name)
         return self._templates[name]
 
     # -- errors ----------------------------------------------------------------------------------
@@ -245,8 +251,41 @@ class BatchRunner:
             message = exc.body.get("message") if isinstance(exc.body, dict) else None
             error = FatalBackendError if exc.status_code in (401, 403, 404) else ActionGPTError
             text = f"OpenAI Batch API: HTTP {exc.status_code}: {message or exc.message}"
-            raise error(self.backend._redact(text)) from None
+            raise error(redact(text)) from None
         except openai.APIConnectionError as exc:
-            raise ActionGPTError(self.backend._redact(
+            raise ActionGPTError(redact(
                 f"OpenAI Batch API at {self.client.base_url} unreachable ({exc.__cause__ or exc}); "
                 "run again to resume")) from None
+
+
+# -- the `actiongpt batch` command (this module is a plugin: entry point `batch`) ----------------------
+@hookimpl
+def register_commands(cli):
+    import typer
+
+    from . import cli as core
+
+    @cli.command()
+    def batch(
+        phrases: Optional[List[str]] = core.PhrasesArg,
+        file: Optional[Path] = core.FileOpt,
+        out: Optional[Path] = core.OutOpt,
+        as_json: bool = core.JsonOpt,
+        k: Optional[int] = core.KOpt,
+        backend: Optional[str] = core.BackendOpt,
+        model: Optional[str] = core.ModelOpt,
+        template: Optional[str] = core.TemplateOpt,
+        offline: bool = core.OfflineOpt,
+        poll_interval: float = typer.Option(30.0, "--poll-interval", min=0.0,
+                                            help="Seconds between batch status checks."),
+        config: Optional[Path] = core.ConfigOpt,
+        sets: Optional[List[str]] = core.SetOpt,
+    ):
+        """Expand through the OpenAI Batch API: half price, results within 24 h; run again to resume."""
+        request = core.ExpandRequest.from_options(phrases, file, out, config=config, sets=sets, k=k,
+                                                  backend=backend, model=model, template=template, offline=offline)
+        with Expander(request.cfg) as expander:
+            runner = BatchRunner(expander, poll_interval=poll_interval, log=lambda line: typer.echo(line, err=True))
+            result = runner.run(request.phrases)
+            core.write_outputs(request, result, expander)
+        core.report(request, result, as_json)

@@ -1,35 +1,29 @@
 """Configuration: defaults < YAML file (--config or ACTIONGPT_CONFIG) < key=value overrides.
 
-The schema is a set of dataclasses, so omegaconf rejects unknown keys and ill-typed values;
-`load_config` turns those rejections into one-line ActionGPTErrors naming the key.
+The schema is assembled from the registry: the core sections below plus one section per registered
+part that declares an options dataclass (a backend's ``openai.*``, a third-party ``mine.*``). Every
+option is declared with :func:`option`, so the same declaration drives validation (types, choices,
+ranges), masking of secrets in every dump, and the rows of docs/configuration.md
+(`actiongpt config docs`). ``load_config`` turns every rejection into a one-line ActionGPTError
+naming the key, never echoing the rejected value (it may be a key pasted into the wrong place).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ActionGPTError
+from .backends.base import SamplingParams
+from .errors import ActionGPTError, add_secret
+from .options import option
 
 CONFIG_ENV = "ACTIONGPT_CONFIG"
-SECRET_KEYS = ("api_key",)
 MASK = "***"
-
-
-def option(default=None, help: str = "", *, choices=None, low=None, high=None, secret: bool = False, factory=None):
-    """A config option: its default plus what validation, `config show` and docs/configuration.md need.
-
-    ``choices``: the valid values; ``low``/``high``: an inclusive numeric range; ``secret``: masked in
-    every dump and kept out of messages (API keys, tokens).
-    """
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "low": low, "high": high, "secret": secret}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 def default_cache_dir() -> Path:
@@ -40,166 +34,188 @@ def default_cache_dir() -> Path:
 
 
 @dataclass
-class SamplingConfig:
-    # The release's Completions parameters (text-davinci-002).
-    temperature: float = 0.5
-    top_p: float = 1.0
-    max_tokens: int = 128
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: Optional[int] = None
-
-
-@dataclass
-class OpenAIConfig:
-    api_key: Optional[str] = None  # falls back to OPENAI_API_KEY
-    base_url: Optional[str] = None  # falls back to OPENAI_BASE_URL (vLLM, Ollama, llama.cpp, TGI)
-    model: str = "gpt-4o-mini"
-    api: str = "chat"  # chat | completions
-    concurrency: int = 32
-    max_retries: int = 5
-    timeout: float = 60.0
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-
-
-@dataclass
-class TransformersConfig:
-    model: Optional[str] = None  # a local model directory or a .gguf file
-    batch_size: int = 8
-    device: str = "cpu"
-    dtype: str = "float32"
-
-
-@dataclass
-class EmbeddedConfig:
-    engine: str = "auto"  # auto | llamacpp | transformers
-    batch_size: int = 8
-
-
-@dataclass
-class PackConfig:
-    path: Optional[str] = None  # JSONL pack or the release's gpt3_annotations.json
-
-
-@dataclass
 class StoreConfig:
-    path: Optional[str] = None  # default: <cache dir>/store.sqlite
-    enabled: bool = True
-    offline: bool = False  # strict: a miss is an error listing the missing phrases
+    path: Optional[str] = option(None, "default: $ACTIONGPT_HOME/store.sqlite (~/.cache/actiongpt)")
+    enabled: bool = option(True, "keep every paid answer (turn off only for throw-away runs)")
+    offline: bool = option(False, "strict: a phrase a paid backend would be asked about is an error listing them")
 
 
 @dataclass
 class ExpandConfig:
-    concurrency: int = 32
-    attempts: int = 3  # extra requests when too few usable descriptions come back
-    oversample: float = 1.0  # ask for ceil(k * oversample) samples; `select_descriptions` keeps k
-    min_words: int = 3  # shorter descriptions are dropped as truncated or empty
-    max_phrase_chars: int = 500  # longer input is a mistake (a pasted file?), not an action phrase
+    concurrency: int = option(32, "the most requests in flight; the backend may adapt below it", low=1, high=1024)
+    attempts: int = option(3, "extra requests for phrases left with fewer than k usable descriptions", low=0, high=20)
+    oversample: float = option(1.0, "ask for ceil(k * oversample) samples; select_descriptions keeps k", low=1.0, high=8.0)
+    min_words: int = option(3, "shorter descriptions are dropped as truncated or empty", low=0, high=100)
+    max_phrase_chars: int = option(500, "longer input is a mistake (a pasted file?), not an action phrase", low=1,
+                                   high=10_000)
 
 
 @dataclass
 class EmbeddingConfig:
-    aggregator: str = "paper"
-    cache: bool = True  # aggregated features of frozen text models, reused across steps
-    cache_size: int = 8192  # phrases kept (least recently used dropped first)
-    cache_device: Optional[str] = None  # where cached features live; None: the text model's device
-    on_missing: str = "expand"  # expand | strict (phrases never expanded/prepared: store only)
-    batch_size: int = 64  # phrases per text-model call in prepare()
-    persist: bool = False  # also keep aggregated features on disk (every process and later runs reuse them)
-    persist_path: Optional[str] = None  # default: <cache dir>/embeddings.sqlite
-    long_text: str = "split"  # split | trim | truncate: descriptions over the text model's budget (adapters/textbudget.py)
-    text_budget: Optional[int] = None  # tokens for split/trim; None: the model's own (CLIP 75, MDM on HumanML3D/KIT 20)
+    aggregator: str = option("paper", "how k description embeddings combine (docs/adapters.md)")
+    cache: bool = option(True, "aggregated features of frozen text models, reused across steps")
+    cache_size: int = option(8192, "phrases kept (least recently used dropped first); 0: unbounded", low=0)
+    cache_device: Optional[str] = option(None, "where cached features live; null: the text model's device")
+    on_missing: str = option("expand", "a phrase never expanded: expand it now, or strict (store only, listed)",
+                             choices=("expand", "strict"))
+    batch_size: int = option(64, "phrases per text-model call in prepare()", low=1, high=65_536)
+    persist: bool = option(False, "also keep aggregated features on disk (every process and later runs reuse them)")
+    persist_path: Optional[str] = option(None, "default: $ACTIONGPT_HOME/embeddings.sqlite")
+    long_text: str = option("split", "descriptions over the text model's budget (docs/caption-mode.md)",
+                            choices=("split", "trim", "truncate"))
+    text_budget: Optional[int] = option(None, "tokens for split/trim; null: the model's own (CLIP 75, MDM 20)", low=1)
 
 
 @dataclass
 class QualityConfig:
-    rerank: bool = False  # keep the k candidates most relevant to the phrase (with expand.oversample > 1)
-    embedder: str = "all-MiniLM-L6-v2"  # or a local sentence-transformers directory
-    min_relevance: float = 0.3  # below: off-topic for this phrase (see docs/quality.md)
-    min_movement: float = 0.35  # below: not about body movement at all
+    rerank: bool = option(False, "keep the k candidates most relevant to the phrase (with expand.oversample > 1)")
+    embedder: str = option("all-MiniLM-L6-v2", "or a local sentence-transformers directory")
+    min_relevance: float = option(0.3, "below: off-topic for this phrase (docs/quality.md)", low=-1.0, high=1.0)
+    min_movement: float = option(0.35, "below: not about body movement at all", low=-1.0, high=1.0)
 
 
-@dataclass
-class Config:
-    k: int = 4
-    backend: str = "auto"  # auto: openai when an API key is configured, else embedded
-    model: Optional[str] = None  # overrides the chosen backend's own model setting
-    template: Optional[str] = None  # None: the backend's recommended one ("actiongpt", the release's prompt, for APIs)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
-    transformers: TransformersConfig = field(default_factory=TransformersConfig)
-    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
-    pack: PackConfig = field(default_factory=PackConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    expand: ExpandConfig = field(default_factory=ExpandConfig)
-    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
-    quality: QualityConfig = field(default_factory=QualityConfig)
+def core_fields() -> list:
+    """(name, type, field) of the sections every configuration has, in the order `config show` prints them."""
+    return [
+        ("k", int, option(4, "descriptions per phrase (the release: 4)", low=1, high=64)),
+        ("backend", str, option("auto", "auto: the first ready backend that may be picked (openai with a key, "
+                                        "else embedded)")),
+        ("model", Optional[str], option(None, "overrides the chosen backend's own model setting")),
+        ("template", Optional[str], option(None, "null: the backend's recommended template")),
+        ("sampling", SamplingParams, option(help="the release's Completions parameters", factory=SamplingParams)),
+        ("store", StoreConfig, option(help="the SQLite description store", factory=StoreConfig)),
+        ("expand", ExpandConfig, option(help="how phrases are expanded", factory=ExpandConfig)),
+        ("embedding", EmbeddingConfig, option(help="ActionGPT: embedding and aggregation", factory=EmbeddingConfig)),
+        ("quality", QualityConfig, option(help="relevance reranking (docs/quality.md)", factory=QualityConfig)),
+    ]
 
 
-CHOICES = {
-    "openai.api": ("chat", "completions"),
-    "embedded.engine": ("auto", "llamacpp", "transformers"),
-    "embedding.on_missing": ("expand", "strict"),
-    "embedding.long_text": ("split", "trim", "truncate"),
-}
+def build_schema(sections: dict) -> type:
+    """The Config dataclass: the core fields plus ``sections`` (name -> options dataclass of a part)."""
+    core = core_fields()
+    taken = {name for name, _, _ in core}
+    extra = []
+    for name, options in sections.items():
+        if name in taken:
+            raise ActionGPTError(f"config section {name!r} of a plugin clashes with a core config key")
+        extra.append((name, options, option(help=(options.__doc__ or "").strip().splitlines()[0]
+                                             if options.__doc__ else "", factory=options)))
+    return dataclasses.make_dataclass("Config", core + extra)
 
 
-def _valid_keys(node, prefix="") -> list[str]:
-    keys = []
-    for f in fields(node):
-        default = f.default_factory() if f.default_factory is not field().default_factory else None
+def schema() -> type:
+    from .plugins import get_registry
+
+    return get_registry().config_schema
+
+
+# -- walking the schema -------------------------------------------------------------------------
+def walk_options(cls, prefix: str = ""):
+    """(dotted key, dataclasses.Field, options-class or None) for every option, depth first."""
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if is_dataclass(default):
-            keys += _valid_keys(default, prefix + f.name + ".")
+            yield prefix + f.name, f, type(default)
+            yield from walk_options(type(default), prefix + f.name + ".")
         else:
-            keys.append(prefix + f.name)
-    return keys
+            yield prefix + f.name, f, None
 
 
-def _explain(exc: OmegaConfBaseException) -> ActionGPTError:
-    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
-    if isinstance(exc, ConfigKeyError) or "not in" in str(exc):
-        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        siblings = dict.fromkeys(k[len(parent):].split(".")[0] for k in _valid_keys(Config) if k.startswith(parent))
-        return ActionGPTError(f"unknown config key {key!r}; valid keys here: {', '.join(siblings)}")
-    if isinstance(exc, ValidationError):
-        msg = str(exc).splitlines()[0]
-        return ActionGPTError(f"bad value for config key {key!r}: {msg}")
-    return ActionGPTError(f"config error at {key!r}: {str(exc).splitlines()[0]}")
+def secret_keys(cls) -> set:
+    return {key for key, f, _ in walk_options(cls) if f.metadata.get("secret")}
+
+
+def _sections(cls) -> dict:
+    return {key: section for key, _, section in walk_options(cls) if section is not None}
+
+
+def _unknown(key: str, known: list) -> ActionGPTError:
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    if parent and parent not in known:
+        return _unknown(parent, known)
+    siblings = [k[len(parent) + 1 if parent else 0:].split(".")[0] for k in known
+                if not parent or k.startswith(parent + ".")]
+    return ActionGPTError(f"unknown config key {key!r}; valid keys here: {', '.join(dict.fromkeys(siblings))}")
+
+
+def _explain(exc: OmegaConfBaseException, cls) -> ActionGPTError:
+    """A one-line message naming the key. omegaconf's own text quotes the value: it is never shown."""
+    key = str(getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?")
+    known = {k: (f, section) for k, f, section in walk_options(cls)}
+    if key not in known:
+        return _unknown(key, list(known))
+    f, section = known[key]
+    if section is not None:
+        example = next(k for k in known if k.startswith(key + "."))
+        return ActionGPTError(f"config key {key!r} is a section: set one of its keys, e.g. {example}=...")
+    kind = getattr(f.type, "__name__", None) or str(f.type).replace("typing.", "")
+    return ActionGPTError(f"bad value for config key {key!r}: expected {kind}")
+
+
+def _culprit(layer: DictConfig, cls) -> ActionGPTError | None:
+    """The first key of ``layer`` the schema cannot take (omegaconf does not always name it)."""
+    known = {k: section for k, _, section in walk_options(cls)}
+
+    def leaves(node, prefix=""):
+        for name, value in node.items():
+            key = f"{prefix}{name}"
+            if isinstance(value, dict) and known.get(key) is not None:
+                yield from leaves(value, key + ".")
+            else:
+                yield key, value
+
+    for key, value in leaves(OmegaConf.to_container(layer)):
+        if key not in known:
+            return _unknown(key, list(known))
+        if known[key] is not None:
+            example = next(k for k in known if k.startswith(key + "."))
+            return ActionGPTError(f"config key {key!r} is a section: set one of its keys, e.g. {example}=...")
+    return None
 
 
 def _parse_override(item: str) -> DictConfig:
     if "=" not in item:
-        raise ActionGPTError(f"override {item!r} must look like key=value (e.g. sampling.temperature=0.7)")
+        raise ActionGPTError(f"override {item.split(':')[0][:40]!r} must look like key=value "
+                             "(e.g. sampling.temperature=0.7)")
     key, value = item.split("=", 1)
     if not key.strip():
-        raise ActionGPTError(f"override {item!r} has an empty key")
-    return OmegaConf.from_dotlist([f"{key.strip()}={value}"])
+        raise ActionGPTError("an override has an empty key: it must look like key=value")
+    try:
+        return OmegaConf.from_dotlist([f"{key.strip()}={value}"])
+    except OmegaConfBaseException:
+        raise ActionGPTError(f"cannot parse the override of {key.strip()!r}: write key=value") from None
+
+
+def _read_file(path) -> DictConfig:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ActionGPTError(f"config file not found: {p}")
+    try:
+        data = OmegaConf.load(p)
+    except Exception as exc:  # yaml errors are multi-line; keep the first line
+        raise ActionGPTError(f"cannot read config file {p}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, DictConfig):
+        raise ActionGPTError(f"config file {p} must be a mapping of keys (like 'k: 4'), not a list or a value")
+    return data
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (), **values: Any) -> DictConfig:
-    """Resolve the configuration. ``values`` are dotted keys given in Python (``k=8``)."""
-    cfg = OmegaConf.structured(Config)
+    """Resolve the configuration. ``values`` are dotted keys given in Python (``k=8``) or whole sections."""
+    cls = schema()
+    cfg = OmegaConf.structured(cls)
     path = path or os.environ.get(CONFIG_ENV)
-    layers = []
-    if path:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise ActionGPTError(f"config file not found: {p}")
-        try:
-            layers.append(OmegaConf.load(p))
-        except Exception as exc:  # yaml errors are multi-line; keep the first line
-            raise ActionGPTError(f"cannot read config file {p}: {str(exc).splitlines()[0]}") from None
-    for item in overrides:
-        layers.append(_parse_override(item))
+    layers = [_read_file(path)] if path else []
+    layers += [_parse_override(item) for item in overrides]
     if values:
         layers.append(OmegaConf.create(_nest(values)))
-    try:
-        for layer in layers:
+    for layer in layers:
+        try:
             cfg = OmegaConf.merge(cfg, layer)
-    except OmegaConfBaseException as exc:
-        raise _explain(exc) from None
-    validate(cfg)
+        except OmegaConfBaseException as exc:
+            raise _culprit(layer, cls) or _explain(exc, cls) from None
+    for key in secret_keys(cls):
+        add_secret(OmegaConf.select(cfg, key))
+    validate(cfg, cls)
     return cfg
 
 
@@ -214,24 +230,32 @@ def _nest(values: dict) -> dict:
     return out
 
 
-def validate(cfg: DictConfig) -> None:
-    for key, choices in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise ActionGPTError(f"bad value {value!r} for config key {key!r}; valid choices: {', '.join(choices)}")
-    if cfg.k < 1:
-        raise ActionGPTError(f"bad value {cfg.k!r} for config key 'k': must be at least 1")
-    for key in ("openai.concurrency", "expand.concurrency", "transformers.batch_size", "embedded.batch_size"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise ActionGPTError(f"bad value for config key {key!r}: must be at least 1")
-    if cfg.expand.oversample < 1:
-        raise ActionGPTError("bad value for config key 'expand.oversample': must be at least 1.0")
-    if not 0 <= cfg.sampling.temperature <= 2:
-        raise ActionGPTError("bad value for config key 'sampling.temperature': must be between 0 and 2")
+def _range_text(low, high) -> str:
+    if low is not None and high is not None:
+        return f"must be at least {low} and at most {high}"
+    return f"must be at least {low}" if low is not None else f"must be at most {high}"
+
+
+def validate(cfg: DictConfig, cls=None) -> None:
+    """Choices and ranges declared with `option`, for every section (core and plugins alike)."""
+    cls = cls or schema()
+    for key, f, section in walk_options(cls):
+        if section is not None:
+            continue
+        value, meta = OmegaConf.select(cfg, key), f.metadata
+        if value is None:
+            continue
+        if meta.get("choices") and value not in meta["choices"]:
+            shown = "a value" if meta.get("secret") else repr(value)
+            raise ActionGPTError(f"bad value {shown} for config key {key!r}; valid choices: {', '.join(meta['choices'])}")
+        low, high = meta.get("low"), meta.get("high")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise ActionGPTError(f"bad value {value!r} for config key {key!r}: {_range_text(low, high)}")
 
 
 def validate_choices(cfg: DictConfig) -> None:
-    """Check the names that plugins provide for expansion (backend, template) against the registry."""
+    """Check the names that plugins provide (backend, template, aggregator) against the registry."""
     from .plugins import get_registry
 
     reg = get_registry()
@@ -239,27 +263,84 @@ def validate_choices(cfg: DictConfig) -> None:
         reg.backend(cfg.backend)
     if cfg.template:
         reg.template(cfg.template)
+    reg.aggregator(cfg.embedding.aggregator)
+
+
+def to_plain(cfg: DictConfig, secrets: bool = True) -> dict:
+    """A plain nested dict of ``cfg`` (picklable, printable); secrets dropped unless ``secrets``."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    if not secrets:
+        for key in secret_keys(schema()):
+            *parents, last = key.split(".")
+            node = plain
+            for part in parents:
+                node = node.get(part) or {}
+            if node.get(last) is not None:
+                node[last] = None
+    return plain
 
 
 def masked(cfg: DictConfig) -> DictConfig:
     """A copy safe to print or store: secrets replaced by a mask."""
     copy = OmegaConf.to_container(cfg, resolve=True)
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in SECRET_KEYS and value:
-                    node[key] = MASK
-                else:
-                    walk(value)
-
-    walk(copy)
+    for key in secret_keys(schema()):
+        *parents, last = key.split(".")
+        node = copy
+        for part in parents:
+            node = node.get(part) or {}
+        if node.get(last):
+            node[last] = MASK
     return OmegaConf.create(copy)
 
 
-def openai_api_key(cfg: DictConfig) -> str | None:
+def settings(cfg: DictConfig):
+    """The resolved config as a plain dataclass instance: what every hook receives as ``config``.
+
+    Attribute reads on it are ~50x cheaper than on a DictConfig, which matters at a few dozen reads
+    per phrase and thousands of phrases.
+    """
+    return OmegaConf.to_object(cfg)
+
+
+def openai_api_key(cfg) -> str | None:
     return cfg.openai.api_key or os.environ.get("OPENAI_API_KEY") or None
 
 
-def store_path(cfg: DictConfig) -> Path:
+def store_path(cfg) -> Path:
     return Path(cfg.store.path).expanduser() if cfg.store.path else default_cache_dir() / "store.sqlite"
+
+
+# -- docs/configuration.md ------------------------------------------------------------------------
+def _yaml_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return OmegaConf.to_yaml({"v": value}).split(":", 1)[1].strip()
+
+
+def reference_yaml(cls=None) -> str:
+    """Every key with its default and its help (choices, range): the block in docs/configuration.md."""
+    cls = cls or schema()
+    lines = []
+    for key, f, section in walk_options(cls):
+        depth = key.count(".")
+        name = key.rsplit(".", 1)[-1]
+        meta = f.metadata
+        notes = [meta.get("help") or ""]
+        if meta.get("choices"):
+            notes.append("one of: " + " | ".join(map(str, meta["choices"])))
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None or high is not None:
+            notes.append(f"{low}..{high}" if low is not None and high is not None
+                         else f"at least {low}" if low is not None else f"at most {high}")
+        if meta.get("secret"):
+            notes.append("secret: masked in every dump")
+        comment = "; ".join(n for n in notes if n)
+        if section is not None:
+            text = f"{'  ' * depth}{name}:"
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            text = f"{'  ' * depth}{name}: {_yaml_value(default)}"
+        lines.append(f"{text:<28}# {comment}" if comment else text)
+    return "\n".join(lines) + "\n"

@@ -1,24 +1,44 @@
 """Expansion: action phrases -> k descriptions each, through the store, concurrently.
 
-Flow per run: normalise and dedupe phrases, render prompts (`build_prompt` hook), look every key up
-in the store, then ask the backend (`query_llm` hook) only for what is missing, in batches of the
-backend's batch_size with up to `concurrency` batches in flight. Each answer is cleaned
-(`clean_descriptions` hook) and written to the store the moment it arrives, so an interrupted run
-loses nothing already paid for; phrases still short of k are asked again for the rest only.
+The public API is a plan and its execution:
+
+    plan = expander.plan(phrases)      # validate, dedupe, render prompts, look the store up
+    expander.execute(plan)             # ask the backend for what is missing (or another flow does,
+                                       #   calling expander.record(job, completion) per answer)
+    result = expander.result(plan)     # {phrase: k descriptions}, stats, pack rows
+
+``Expander.need(job)`` says how many more samples a phrase needs (a count check first; the
+``select_descriptions`` hook runs once per new set of candidates). Each answer is cleaned
+(``clean_descriptions`` hook) and written to the store the moment it arrives, so an interrupted run
+loses nothing already paid for.
+
+Several processes expanding into one store pay once per phrase: before paying, a process claims the
+phrase's store key (a lease in the same SQLite file); the others park the phrase and read the answer
+when it lands, or take the lease over if its owner died. The store is re-read before every round.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import signal
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
 from .backends.base import Backend, Request, SamplingParams
-from .config import load_config, openai_api_key, store_path, validate_choices
+from .config import load_config, settings, store_path, validate_choices
 from .errors import ActionGPTError, FatalBackendError, MissingDescriptionsError
 from .plugins import get_plugin_manager, get_registry
-from .store import DescriptionStore, make_key
+from .store import DescriptionStore, lease_owner, make_key
+
+log = logging.getLogger("actiongpt")
+LEASE_TTL = 60.0  # seconds a claim lasts without renewal; renewed every third of it while we work
+PARKED_POLL = 0.5  # seconds between looks at phrases another process is paying for
+INTERRUPT_GRACE = 10.0  # seconds Ctrl-C waits for answers already in flight, to store them
 
 
 def normalise_phrase(phrase: str, max_chars: int) -> str:
@@ -29,21 +49,24 @@ def normalise_phrase(phrase: str, max_chars: int) -> str:
         raise ActionGPTError("empty phrase: give an action such as 'jump'")
     if len(text) > max_chars:
         raise ActionGPTError(f"phrase of {len(text)} characters is too long (limit expand.max_phrase_chars={max_chars}): {text[:40]!r}...")
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ActionGPTError(f"phrase {text[:40]!r} contains a control character ({bad!r}): give plain text")
     return text
 
 
-def resolve_backend_name(cfg: DictConfig) -> str:
+def resolve_backend_name(cfg) -> str:
     if cfg.backend != "auto":
         return cfg.backend
-    return "openai" if openai_api_key(cfg) else "embedded"
+    return get_registry().auto_backend(cfg)
 
 
 @dataclass
 class ExpandStats:
     phrases: int = 0
-    cache_hits: int = 0
-    expanded: int = 0
-    requests: int = 0
+    cache_hits: int = 0  # served from the store (including phrases another process paid for meanwhile)
+    expanded: int = 0  # paid for by this run
+    requests: int = 0  # every request sent, failed attempts included
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failures: dict = field(default_factory=dict)  # phrase -> reason
@@ -60,13 +83,30 @@ class ExpandResult:
 
 
 @dataclass
-class _Item:
+class Job:
+    """One distinct phrase of a plan: its request, store key and the candidates gathered so far."""
+
     phrase: str
     request: Request
     key: str
-    have: list
-    chosen: list | None = None  # the k descriptions used, once complete (set by Expander._need)
+    have: list = field(default_factory=list)
+    chosen: list | None = None  # the k descriptions in use, once complete
     short: str = ""  # why it is not complete yet
+    failure: str | None = None  # set when no further round can help (an error, attempts used up)
+    rounds: int = 0
+    _selected_for: int = -1  # len(have) when selection last ran
+    _extra: int = 0  # what that selection asked for
+
+
+@dataclass
+class Plan:
+    jobs: list  # one Job per distinct phrase, in first-seen order
+    originals: dict  # normalised phrase -> the phrases as given
+    stats: ExpandStats
+
+    @property
+    def todo(self) -> list:
+        return [job for job in self.jobs if job.chosen is None]
 
 
 class Expander:
@@ -74,9 +114,8 @@ class Expander:
         cfg = cfg if cfg is not None else load_config(**values)
         validate_choices(cfg)
         self.backend_name = resolve_backend_name(cfg)
+        self.cfg = OmegaConf.merge(cfg, {})  # private copy: we fill in the resolved template
         self._backend: Backend | None = None
-        cfg = OmegaConf.merge(cfg, {})  # private copy: we fill in the resolved template
-        self.cfg = cfg
         self._store: DescriptionStore | None = None
         self._settings = None
         self._meta_base = None
@@ -86,27 +125,23 @@ class Expander:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            factory = get_registry().backend(self.backend_name)
-            self._backend = factory(self.cfg)
+            info = get_registry().backend(self.backend_name)
+            self._backend = info.factory(self.cfg)
             if not self.cfg.template:
                 self.cfg.template = self._backend.recommended_template
         return self._backend
 
     @property
     def settings(self):
-        """The resolved config as a plain read-only dataclass (config.Config), made once.
-
-        Hooks receive it as ``config``: attribute reads on it are ~50x cheaper than on a DictConfig,
-        which matters at a few dozen reads per phrase and thousands of phrases.
-        """
+        """The resolved config as a plain dataclass: what every hook receives as ``config``."""
         if self._settings is None:
             self.backend  # resolves the default template first
-            self._settings = OmegaConf.to_object(self.cfg)
+            self._settings = settings(self.cfg)
         return self._settings
 
     @property
     def params(self) -> SamplingParams:
-        return SamplingParams.from_config(self.settings)
+        return self.settings.sampling
 
     @property
     def wanted(self) -> int:
@@ -124,6 +159,10 @@ class Expander:
         if self._store is None:
             self._store = DescriptionStore(store_path(self.cfg))
         return self._store
+
+    @property
+    def cacheable(self) -> bool:
+        return self.backend.paid and self.cfg.store.enabled
 
     def close(self):
         if self._store is not None:
@@ -171,154 +210,298 @@ class Expander:
 
     def run(self, phrases, progress=None) -> ExpandResult:
         """Expand, reporting each finished phrase to ``progress(phrase, ok)``; failures are collected."""
-        by_text, items, stats = self._prepare(phrases)
-        todo = [it for it in items if self._need(it)]
-        stats.cache_hits = len(items) - len(todo)
+        plan = self.plan(phrases)
         if progress:
-            for it in items:
-                if it.chosen is not None:
-                    progress(it.phrase, True)
-        if todo and self.cfg.store.offline:
-            raise MissingDescriptionsError([it.phrase for it in todo])
-        if todo:
-            self._run_async(self._expand_missing(todo, stats, self.cacheable, progress))
-        return self._finish(by_text, items, stats)
+            for job in plan.jobs:
+                if job.chosen is not None:
+                    progress(job.phrase, True)
+        self.execute(plan, progress)
+        return self.result(plan)
 
-    # -- internals (batch.py shares them) --------------------------------------------------------
-    @property
-    def cacheable(self) -> bool:
-        return self.backend.paid and self.cfg.store.enabled
-
-    def _prepare(self, phrases):
-        """Dedupe the phrases (as given -> normalised) and load what the store has for each."""
-        by_text: dict[str, list[str]] = {}
+    def plan(self, phrases) -> Plan:
+        """Validate and dedupe ``phrases`` and look each one up in the store; nothing is paid for."""
+        originals: dict[str, list[str]] = {}
         for phrase in phrases:
-            by_text.setdefault(normalise_phrase(phrase, self.cfg.expand.max_phrase_chars), []).append(phrase)
-        items = self._items(list(by_text))
+            originals.setdefault(normalise_phrase(phrase, self.cfg.expand.max_phrase_chars), []).append(phrase)
+        jobs = self._jobs(list(originals))
         if self.cacheable:
-            stored = self.store.get_many(it.key for it in items)
-            for it in items:
-                it.have = list(stored.get(it.key, []))
-        return by_text, items, ExpandStats(phrases=len(by_text))
+            stored = self.store.get_many(job.key for job in jobs)
+            for job in jobs:
+                job.have = list(stored.get(job.key, []))
+        plan = Plan(jobs, originals, ExpandStats(phrases=len(originals)))
+        for job in jobs:
+            self.need(job)
+        plan.stats.cache_hits = len(jobs) - len(plan.todo)
+        return plan
 
-    def _need(self, item: _Item) -> int:
-        """More samples a phrase needs (0: done, its k descriptions in ``item.chosen``)."""
-        cfg, wanted = self.settings, self.wanted
-        item.chosen = None
-        if len(item.have) < wanted:
-            item.short = f"only {len(item.have)} of {wanted} usable descriptions"
-            return wanted - len(item.have)
+    def need(self, job: Job) -> int:
+        """More samples ``job`` needs (0: done, its k descriptions in ``job.chosen``).
+
+        The count is checked first; the ``select_descriptions`` hook runs only when there are enough
+        candidates, and once per set of candidates (a reranker embeds them: not again for nothing).
+        """
+        s, wanted = self.settings, self.wanted
+        if len(job.have) < wanted:
+            job.chosen, job.short = None, f"only {len(job.have)} of {wanted} usable descriptions"
+            return wanted - len(job.have)
+        if job._selected_for != len(job.have):
+            job._selected_for = len(job.have)
+            job.chosen, job._extra = self._select(job)
+        return job._extra
+
+    def _select(self, job: Job):
+        """(the k chosen, 0) or (None, samples still to ask for)."""
+        s = self.settings
         if not self.backend.paid:
-            item.chosen = item.have[: cfg.k]
-            return 0
-        select = get_plugin_manager().hook.select_descriptions
-        chosen = select(phrase=item.phrase, candidates=list(item.have), k=cfg.k, config=cfg)
-        if len(chosen) >= cfg.k:
-            item.chosen = list(chosen[: cfg.k])
-            return 0
+            return job.have[: s.k], 0
+        chosen = get_plugin_manager().hook.select_descriptions(phrase=job.phrase, candidates=list(job.have), k=s.k,
+                                                               config=s)
+        if len(chosen) >= s.k:
+            return list(chosen[: s.k]), 0
         # The selector rejected too many: ask for the missing ones, oversampled like the first request.
-        item.short = f"only {len(chosen)} of {cfg.k} descriptions accepted by the selector (of {len(item.have)})"
-        return math.ceil((cfg.k - len(chosen)) * cfg.expand.oversample)
+        job.short = f"only {len(chosen)} of {s.k} descriptions accepted by the selector (of {len(job.have)})"
+        return None, math.ceil((s.k - len(chosen)) * s.expand.oversample)
 
-    def _finish(self, by_text: dict, items: list, stats: ExpandStats) -> ExpandResult:
-        out, rows = {}, []
-        for it in items:
-            if it.chosen is not None:
-                for original in by_text[it.phrase]:
-                    out[original] = it.chosen
-                rows.append({"phrase": it.phrase, "descriptions": it.chosen, "key": it.key, **self._meta(it)})
-            elif it.phrase not in stats.failures:
-                stats.failures[it.phrase] = it.short
+    def record(self, job: Job, completion, stats: ExpandStats, owner: str | None = None) -> None:
+        """Count, clean, dedupe and store one answer for ``job`` (releasing ``owner``'s claim on it)."""
+        stats.requests += completion.requests
+        stats.prompt_tokens += completion.prompt_tokens
+        stats.completion_tokens += completion.completion_tokens
+        if completion.error:
+            job.failure = completion.error
+        texts = completion.texts
+        if self.backend.paid:
+            texts = get_plugin_manager().hook.clean_descriptions(
+                phrase=job.phrase, texts=texts, config=self.settings, finish_reasons=completion.finish_reasons)
+        if self.cacheable:
+            job.have = self.store.append(
+                job.key, phrase=job.phrase, descriptions=texts, raw=completion.raw, meta=self.row_meta(job),
+                prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+                requests=completion.requests, release=owner,
+            )
+        else:
+            job.have = job.have + texts
+
+    def result(self, plan: Plan) -> ExpandResult:
+        out, rows, stats = {}, [], plan.stats
+        for job in plan.jobs:
+            if job.chosen is not None:
+                for original in plan.originals[job.phrase]:
+                    out[original] = job.chosen
+                rows.append({"phrase": job.phrase, "descriptions": job.chosen, "key": job.key, **self.row_meta(job)})
+            elif job.phrase not in stats.failures:
+                stats.failures[job.phrase] = job.failure or job.short
         return ExpandResult(out, stats, rows)
 
-    def _items(self, texts: list[str]) -> list[_Item]:
-        backend, template, cfg = self.backend, self.template, self.settings
-        pm = get_plugin_manager()
-        params = self.params
-        items = []
-        for text in texts:
-            prompt = pm.hook.build_prompt(template=template, phrase=text, config=cfg)
-            key = make_key(
-                backend=self.backend_name, identity=backend.identity(), template_name=template.name,
-                template_version=template.version, template_fingerprint=template.fingerprint, prompt=prompt,
-                params=params.as_dict(), k=self.wanted,
-            )
-            items.append(_Item(text, Request(text, prompt), key, []))
-        return items
-
-    def _meta(self, item: _Item) -> dict:
+    def row_meta(self, job: Job) -> dict:
+        """What a store row and a pack row record about how ``job``'s descriptions were made."""
         if self._meta_base is None:
             template = self.template
             self._meta_base = {
                 **self.backend.identity(), "backend": self.backend_name, "template": template.name,
-                "template_version": template.version, "params": self.params.as_dict(), "k": self.wanted,
-                "provenance": f"{self.backend_name}:{self.backend.model}",
+                "template_version": template.version, "params": self.params_dict, "k": self.wanted,
+                "provenance": f"{self.backend_name}:{self.backend.identity()['model']}",
             }
-        return {**self._meta_base, "prompt": item.request.prompt.text}
+        return {**self._meta_base, "prompt": job.request.prompt.text}
 
-    async def _expand_missing(self, todo, stats: ExpandStats, cacheable: bool, progress) -> None:
-        backend, cfg = self.backend, self.settings
+    @property
+    def params_dict(self) -> dict:
+        return dict(vars(self.params))
+
+    def known_phrases(self) -> list[str]:
+        """Phrases this expander can serve without asking anyone: a pack's, else the store's."""
+        table = getattr(self.backend, "table", None)
+        if isinstance(table, dict):
+            return list(table)
+        if not self.cacheable or not store_path(self.cfg).exists():
+            return []
+        return sorted({row["phrase"] for row in self.store.rows() if row["backend"] == self.backend_name})
+
+    def _jobs(self, texts: list[str]) -> list[Job]:
+        backend, template, s = self.backend, self.template, self.settings
         pm = get_plugin_manager()
-        params = self.params
-        concurrency = max(1, min(cfg.expand.concurrency, backend.concurrency))
-        gate = asyncio.Semaphore(concurrency)
-        size = max(1, backend.batch_size)
-        batches = [todo[i: i + size] for i in range(0, len(todo), size)]
-        fatal: list[BaseException] = []
+        params, identity = self.params_dict, backend.identity()
+        jobs = []
+        for text in texts:
+            prompt = pm.hook.build_prompt(template=template, phrase=text, config=s)
+            key = make_key(
+                backend=self.backend_name, identity=identity, template_name=template.name,
+                template_version=template.version, template_fingerprint=template.fingerprint, prompt=prompt,
+                params=params, k=self.wanted,
+            )
+            jobs.append(Job(text, Request(text, prompt), key, []))
+        return jobs
 
-        async def ask(batch, n):
-            completions = await pm.hook.query_llm(backend=backend, requests=[it.request for it in batch], k=n, params=params)
-            for it, completion in zip(batch, completions):
-                stats.requests += completion.requests
-                stats.prompt_tokens += completion.prompt_tokens
-                stats.completion_tokens += completion.completion_tokens
-                if completion.error:
-                    stats.failures[it.phrase] = completion.error
-                texts = completion.texts
-                if backend.paid:
-                    texts = pm.hook.clean_descriptions(phrase=it.phrase, texts=texts, config=cfg,
-                                                       finish_reasons=completion.finish_reasons)
-                if cacheable:
-                    it.have = self.store.append(
-                        it.key, phrase=it.phrase, descriptions=texts, raw=completion.raw, meta=self._meta(it),
-                        prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
-                        requests=completion.requests,
-                    )
-                else:
-                    it.have = it.have + list(texts)
+    # -- execution -------------------------------------------------------------------------------
+    def execute(self, plan: Plan, progress=None) -> None:
+        """Ask the backend for every phrase of ``plan`` still short of k; store answers as they come."""
+        todo = plan.todo
+        if not todo:
+            return
+        if self.cfg.store.offline and self.backend.paid:
+            raise MissingDescriptionsError([job.phrase for job in todo])
+        if self.cacheable and not self.store.writable:
+            raise ActionGPTError(f"description store {self.store.path} is read-only: use --offline for lookups, "
+                                 "or set store.path to a writable file")
+        self._run_async(_Run(self, todo, plan.stats, progress).main())
 
-        async def work(batch):
-            async with gate:
-                if fatal:
-                    return
-                try:
-                    # Paid backends get extra rounds for phrases left short by cleaning, short replies or
-                    # a selector that rejected candidates.
-                    rounds = 1 + (cfg.expand.attempts if backend.paid else 0)
-                    for _ in range(rounds):
-                        needs: dict[int, list] = {}
-                        for it in batch:
-                            n = self._need(it)
-                            if n:
-                                needs.setdefault(n, []).append(it)
-                        if not needs:
-                            break
-                        for n in sorted(needs):
-                            await ask(needs[n], n)
-                except FatalBackendError as exc:
-                    fatal.append(exc)
-                except ActionGPTError as exc:
-                    for it in batch:
-                        if it.chosen is None:
-                            stats.failures[it.phrase] = str(exc)
-            for it in batch:
-                done = self._need(it) == 0
-                if done:
-                    stats.expanded += 1
-                    stats.failures.pop(it.phrase, None)  # a later round made up for an earlier error
-                if progress and not fatal:
-                    progress(it.phrase, done)
 
-        await asyncio.gather(*(work(b) for b in batches))
-        if fatal:
-            raise fatal[0]
+class _Run:
+    """One execution: a scheduler that claims phrases, starts request rounds and collects them."""
+
+    def __init__(self, expander: Expander, jobs: list, stats: ExpandStats, progress):
+        self.ex, self.stats, self.progress = expander, stats, progress
+        backend = expander.backend
+        self.backend = backend
+        self.leasing = expander.cacheable
+        self.owner = lease_owner() if self.leasing else None
+        self.rounds = 1 + (expander.settings.expand.attempts if backend.paid else 0)
+        self.slots = max(1, min(expander.settings.expand.concurrency, backend.concurrency))
+        self.size = max(1, backend.batch_size)
+        self.ready = deque(jobs)
+        self.parked: dict[str, Job] = {}
+        self.running: dict[asyncio.Task, list] = {}
+        self.fatal: BaseException | None = None
+        self.stopping = 0  # Ctrl-C presses seen
+
+    # The scheduler ---------------------------------------------------------------------------
+    async def main(self) -> None:
+        restore = self._catch_interrupts()
+        renewed = parked_checked = time.monotonic()
+        try:
+            while self.ready or self.parked or self.running:
+                while self.ready and len(self.running) < self.slots and not (self.fatal or self.stopping):
+                    self._start([self.ready.popleft() for _ in range(min(self.size, len(self.ready)))])
+                if self.fatal or self.stopping:
+                    self._abandon_waiting()
+                    if not self.running:
+                        break
+                if self.running:
+                    done, _ = await asyncio.wait(self.running, timeout=PARKED_POLL,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        self._collect(task, self.running.pop(task))
+                elif self.parked:
+                    await asyncio.sleep(PARKED_POLL)
+                now = time.monotonic()
+                if self.leasing and now - renewed > LEASE_TTL / 3:
+                    self.ex.store.renew(self.owner, LEASE_TTL)
+                    renewed = now
+                if self.parked and now - parked_checked >= PARKED_POLL:
+                    self._check_parked()
+                    parked_checked = now
+        finally:
+            restore()
+            if self.leasing and (self.fatal or self.stopping):
+                self.ex.store.release([job.key for jobs in self.running.values() for job in jobs], self.owner)
+        if self.fatal is not None:
+            raise self.fatal
+        if self.stopping:
+            raise KeyboardInterrupt
+
+    def _start(self, batch: list) -> None:
+        """Claim the batch's phrases (re-reading the store) and start a request round for those we hold."""
+        if self.leasing:
+            batch = self._claim(batch)
+        if batch:
+            self.running[asyncio.ensure_future(self._round(batch))] = batch
+
+    def _claim(self, jobs: list) -> list:
+        """The jobs whose store key we now hold; the others are done (stored meanwhile) or parked."""
+        claim = self.ex.store.claim([job.key for job in jobs], self.owner, LEASE_TTL)
+        mine, done = [], []
+        for job in jobs:
+            if job.key in claim.current:
+                job.have = list(claim.current[job.key])
+            if self.ex.need(job) == 0:  # stored meanwhile, by another process or an earlier round
+                done.append(job)
+            elif job.key in claim.mine:
+                mine.append(job)
+            else:
+                self.parked[job.key] = job
+        if done:
+            self.ex.store.release([job.key for job in done if job.key in claim.mine], self.owner)
+            for job in done:
+                self._finish(job, paid_here=job.rounds > 0)
+        return mine
+
+    def _check_parked(self) -> None:
+        """Phrases another process is paying for: done when their answer is in, ours if it gave up."""
+        jobs = list(self.parked.values())
+        self.parked.clear()
+        self.ready.extendleft(reversed(self._claim(jobs)))
+
+    async def _round(self, batch: list) -> None:
+        """One request round for ``batch``: phrases needing the same number of samples go together."""
+        ex, pm = self.ex, get_plugin_manager()
+        by_need: dict[int, list] = {}
+        for job in batch:
+            by_need.setdefault(ex.need(job), []).append(job)
+        for n, jobs in sorted(by_need.items()):
+            completions = await pm.hook.query_llm(backend=self.backend, requests=[j.request for j in jobs], k=n,
+                                                  params=ex.params)
+            for job, completion in zip(jobs, completions):
+                ex.record(job, completion, self.stats, self.owner)
+                job.rounds += 1
+
+    def _collect(self, task: asyncio.Task, batch: list) -> None:
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, FatalBackendError):
+            self.fatal = self.fatal or error
+        elif isinstance(error, ActionGPTError):
+            for job in batch:
+                job.failure = job.failure or str(error)
+        elif error is not None:
+            self.fatal = self.fatal or error
+        if self.leasing and (error is not None or task.cancelled()):
+            self.ex.store.release([job.key for job in batch], self.owner)
+        for job in batch:
+            if self.ex.need(job) == 0:
+                self._finish(job, paid_here=True)
+            elif job.failure or job.rounds >= self.rounds or error is not None or task.cancelled():
+                self._finish(job, paid_here=False)
+            else:
+                self.ready.append(job)  # another round, re-claimed and re-read first
+
+    def _finish(self, job: Job, paid_here: bool) -> None:
+        ok = job.chosen is not None
+        if ok:
+            self.stats.failures.pop(job.phrase, None)
+            if paid_here:
+                self.stats.expanded += 1
+            else:
+                self.stats.cache_hits += 1
+        else:
+            self.stats.failures[job.phrase] = job.failure or job.short
+        if self.progress and not self.fatal:
+            self.progress(job.phrase, ok)
+
+    def _abandon_waiting(self) -> None:
+        """Stop: phrases not yet sent stay unpaid (a rerun asks for them)."""
+        self.ready.clear()
+        self.parked.clear()
+
+    # Ctrl-C: finish storing what is already paid for ------------------------------------------
+    def _catch_interrupts(self):
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        try:
+            loop.add_signal_handler(signal.SIGINT, self._interrupted)
+        except (NotImplementedError, RuntimeError, ValueError):  # not on this platform or loop
+            return lambda: None
+        return lambda: loop.remove_signal_handler(signal.SIGINT)
+
+    def _interrupted(self) -> None:
+        self.stopping += 1
+        if self.stopping == 1 and self.running:
+            in_flight = sum(len(b) for b in self.running.values())
+            log.warning("interrupted: storing the answers to %d phrase(s) already asked for (up to %.0f s); "
+                        "Ctrl-C again to quit now", in_flight, INTERRUPT_GRACE)
+            asyncio.get_running_loop().call_later(INTERRUPT_GRACE, self._cancel_running)
+        else:
+            self._cancel_running()
+
+    def _cancel_running(self) -> None:
+        for task in self.running:
+            task.cancel()

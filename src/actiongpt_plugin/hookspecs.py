@@ -2,7 +2,9 @@
 
 Registration hooks receive a ``register`` callable. Behaviour hooks are ``firstresult``: the
 first plugin that returns something other than None wins; built-ins are ``trylast`` so any
-third-party implementation takes precedence, and hookwrappers can observe or modify results.
+third-party implementation takes precedence. A ``@hookimpl(wrapper=True)`` generator observes or
+changes the result: ``result = yield`` gives what the other implementations returned, and what the
+wrapper returns is the hook's result (docs/writing-a-plugin.md).
 """
 import pluggy
 
@@ -12,7 +14,14 @@ hookimpl = pluggy.HookimplMarker("actiongpt")
 
 @hookspec
 def register_backends(register):
-    """register(name, factory): factory(config) -> Backend (see backends.base.Backend)."""
+    """register(name, factory, *, options=None, needs_key=False, key_env=None, auto=None, description="").
+
+    ``factory(config) -> Backend`` (backends.base.Backend). ``options``: a dataclass of
+    ``actiongpt_plugin.options.option`` fields, the config section ``<name>.*`` (``--set name.key=...``,
+    validated, masked in dumps where ``secret``). ``needs_key``/``key_env``: an API key is required,
+    from ``<name>.api_key`` or that environment variable. ``auto``: ``backend=auto`` picks the ready
+    backend with the highest value (openai 10, embedded 0); None: never picked automatically.
+    """
 
 
 @hookspec
@@ -28,6 +37,15 @@ def register_aggregators(register):
 @hookspec
 def register_adapters(register):
     """register(adapter_class): see adapters/base.py for the adapter interface."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``actiongpt`` command line: ``cli`` is its typer.Typer app.
+
+    ``@cli.command()`` on a function adds ``actiongpt <name>``; actiongpt_plugin.cli offers the shared
+    options and helpers the built-in commands use (the OpenAI Batch API command is added this way).
+    """
 
 
 @hookspec(firstresult=True)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import asyncio
 
+from dataclasses import dataclass
+from typing import Optional
+
 from ..hookspecs import hookimpl
-from dataclasses import dataclass, field
+from ..options import option
 
 
 @dataclass(frozen=True)
@@ -29,14 +32,18 @@ class Completion:
     finish_reasons: list | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class SamplingParams:
-    temperature: float = 0.5
-    top_p: float = 1.0
-    max_tokens: int = 128
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
+    """How to sample; also the schema of the ``sampling`` config section (one type for both)."""
+
+    # The release's Completions parameters (text-davinci-002).
+    temperature: float = option(0.5, "the release's 0.5", low=0.0, high=2.0)
+    top_p: float = option(1.0, "nucleus sampling", low=0.0, high=1.0)
+    max_tokens: int = option(128, "per description; longer answers are cut and re-asked", low=1, high=32_768)
+    frequency_penalty: float = option(0.0, "OpenAI-compatible servers only", low=-2.0, high=2.0)
+    presence_penalty: float = option(0.0, "OpenAI-compatible servers only", low=-2.0, high=2.0)
+    seed: Optional[int] = option(None, "fixed seed for reproducible samples (where the backend supports it)",
+                                 low=0)
 
     @classmethod
     def from_config(cls, cfg) -> "SamplingParams":

@@ -18,7 +18,10 @@ import random
 import threading
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from ..errors import FatalBackendError
+from ..options import option
 from ..hookspecs import hookimpl
 from .base import Backend, Completion, Request, SamplingParams
 from .transformers_backend import TransformersBackend
@@ -104,6 +107,15 @@ class LlamaCppEngine(Backend):
         return [await self.complete(r, k, params) for r in requests]  # one at a time: a single model
 
 
+@dataclass
+class EmbeddedOptions:
+    """the offline default model (SmolLM2-135M-Instruct)"""
+
+    engine: str = option("auto", "auto (llama.cpp when importable), llamacpp or transformers",
+                         choices=("auto", "llamacpp", "transformers"))
+    batch_size: int = option(8, "prompts per generate() call (transformers engine)", low=1, high=4096)
+
+
 class EmbeddedBackend(Backend):
     """Registered as the factory itself, so ``recommended_template`` is readable without loading."""
 
@@ -143,4 +155,5 @@ class EmbeddedBackend(Backend):
 
 @hookimpl
 def register_backends(register):
-    register("embedded", EmbeddedBackend)
+    register("embedded", EmbeddedBackend, options=EmbeddedOptions, auto=0,
+             description="SmolLM2-135M-Instruct, offline (the default without an API key)")

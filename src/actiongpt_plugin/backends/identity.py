@@ -15,4 +15,4 @@ class IdentityBackend(Backend):
 
 @hookimpl
 def register_backends(register):
-    register("identity", lambda cfg: IdentityBackend())
+    register("identity", lambda cfg: IdentityBackend(), description="the phrase itself: the no-LLM baseline")

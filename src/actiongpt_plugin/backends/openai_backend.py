@@ -13,7 +13,11 @@ import random
 
 from ..lazy import openai
 
+from dataclasses import dataclass
+from typing import Optional
+
 from ..config import openai_api_key
+from ..options import option
 from ..errors import ActionGPTError, FatalBackendError
 from ..hookspecs import hookimpl
 from .base import Backend, Completion, Request, SamplingParams
@@ -23,6 +27,24 @@ NO_KEY = "OpenAI backend needs an API key: set OPENAI_API_KEY or openai.api_key"
 
 
 log = logging.getLogger("actiongpt")
+
+
+@dataclass
+class OpenAIOptions:
+    """OpenAI's API or any OpenAI-compatible server"""
+
+    api_key: Optional[str] = option(None, "else OPENAI_API_KEY; never written to the store, packs or dumps",
+                                    secret=True)
+    base_url: Optional[str] = option(None, "else OPENAI_BASE_URL (vLLM, Ollama, llama.cpp server, TGI)")
+    model: str = option("gpt-4o-mini", "the model asked for")
+    api: str = option("chat", "chat, or completions (legacy, like the release's text-davinci-002)",
+                      choices=("chat", "completions"))
+    concurrency: int = option(32, "requests in flight", low=1, high=1024)
+    max_retries: int = option(5, "429 (Retry-After honoured), 5xx, timeouts, dropped connections, malformed replies",
+                              low=0, high=100)
+    timeout: float = option(60.0, "seconds per request", low=0.001, high=86_400.0)
+    backoff_base: float = option(0.5, "first retry delay, doubled per attempt", low=0.0, high=3600.0)
+    backoff_max: float = option(30.0, "longest retry delay", low=0.0, high=86_400.0)
 
 
 class _Malformed(Exception):
@@ -60,6 +82,13 @@ class OpenAIBackend(Backend):
         self._key = key
         self._client_args = dict(api_key=key, base_url=base_url, timeout=o.timeout, max_retries=0)
         self._loop = self._client = self._semaphore = None
+
+    def client_options(self) -> dict:
+        """Arguments for an openai client that talks to the same server with the same key."""
+        return {k: v for k, v in self._client_args.items() if k != "max_retries"}
+
+    def redact(self, text: str) -> str:
+        return self._redact(text)
 
     def _session(self):
         # An httpx pool and a Semaphore belong to one event loop; a synchronous caller may run
@@ -178,4 +207,5 @@ def factory(cfg) -> OpenAIBackend:
 
 @hookimpl
 def register_backends(register):
-    register("openai", factory)
+    register("openai", factory, options=OpenAIOptions, needs_key=True, key_env="OPENAI_API_KEY", auto=10,
+             description="OpenAI's API or any OpenAI-compatible server (OPENAI_BASE_URL)")

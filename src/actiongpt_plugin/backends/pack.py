@@ -2,10 +2,21 @@
 
 Reproduces the released models exactly: no LLM call, the stored descriptions verbatim.
 """
+from dataclasses import dataclass
+from typing import Optional
+
 from ..errors import ActionGPTError
+from ..options import option
 from ..hookspecs import hookimpl
 from ..packs import read_pack, verify_manifest
 from .base import Backend, Completion
+
+
+@dataclass
+class PackOptions:
+    """descriptions read from a file"""
+
+    path: Optional[str] = option(None, "JSONL pack or the release's gpt3_annotations.json")
 
 
 class PackBackend(Backend):
@@ -33,4 +44,5 @@ class PackBackend(Backend):
 
 @hookimpl
 def register_backends(register):
-    register("pack", lambda cfg: PackBackend(cfg.pack.path))
+    register("pack", lambda cfg: PackBackend(cfg.pack.path), options=PackOptions,
+             description="descriptions from a pack or the release's gpt3_annotations.json")

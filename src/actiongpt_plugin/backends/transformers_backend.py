@@ -18,7 +18,11 @@ import tempfile
 import threading
 from pathlib import Path
 
+from dataclasses import dataclass
+from typing import Optional
+
 from ..config import default_cache_dir
+from ..options import option
 from ..errors import ActionGPTError, FatalBackendError
 from ..hookspecs import hookimpl
 from .base import Backend, Completion, Request, SamplingParams
@@ -85,6 +89,16 @@ def _seeded(torch, seed, device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+@dataclass
+class TransformersOptions:
+    """any local causal language model"""
+
+    model: Optional[str] = option(None, "a local causal LM directory or a .gguf file")
+    batch_size: int = option(8, "prompts per generate() call (left padding)", low=1, high=4096)
+    device: str = option("cpu", "torch device")
+    dtype: str = option("float32", "torch dtype")
 
 
 class TransformersBackend(Backend):
@@ -242,4 +256,5 @@ class TransformersBackend(Backend):
 
 @hookimpl
 def register_backends(register):
-    register("transformers", TransformersBackend.from_config)
+    register("transformers", TransformersBackend.from_config, options=TransformersOptions,
+             description="any local causal LM directory or GGUF file")
