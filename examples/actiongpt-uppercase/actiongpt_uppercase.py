@@ -1,6 +1,7 @@
 """A complete third-party actiongpt plugin (see docs/writing-a-plugin.md).
 
-It adds a backend, a template and an aggregator, and wraps the `clean_descriptions` hook.
+It adds a backend, a template and an aggregator, and wraps the `clean_descriptions` hook
+(`wrapper=True`).
 Install it with `pip install -e examples/actiongpt-uppercase`; `actiongpt plugins` then lists it.
 """
 from actiongpt_plugin import hookimpl
@@ -35,8 +36,9 @@ def register_aggregators(register):
     register("first", lambda features, mask, k: (features[::k], None if mask is None else mask[::k]))
 
 
-@hookimpl(hookwrapper=True)
+@hookimpl(wrapper=True)
 def clean_descriptions(phrase, texts, config):
-    # Let the built-in cleaning run, then shout.
-    outcome = yield
-    outcome.force_result([t.upper() for t in outcome.get_result()])
+    # A new-style wrapper: `yield` runs the other implementations (the built-in cleaning) and gives
+    # their result; what the wrapper returns becomes the hook's result.
+    cleaned = yield
+    return [t.upper() for t in cleaned]

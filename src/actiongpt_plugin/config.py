@@ -190,13 +190,20 @@ def _read_file(path) -> DictConfig:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ActionGPTError(f"config file not found: {p}")
+    import yaml
+
     try:
-        data = OmegaConf.load(p)
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except Exception as exc:  # yaml errors are multi-line; keep the first line
         raise ActionGPTError(f"cannot read config file {p}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, DictConfig):
-        raise ActionGPTError(f"config file {p} must be a mapping of keys (like 'k: 4'), not a list or a value")
-    return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ActionGPTError(f"config file {p} must be a mapping of keys (like 'k: 4'), not a {type(data).__name__}")
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as exc:
+        raise ActionGPTError(f"cannot read config file {p}: {str(exc).splitlines()[0]}") from None
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (), **values: Any) -> DictConfig:
@@ -342,5 +349,5 @@ def reference_yaml(cls=None) -> str:
         else:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             text = f"{'  ' * depth}{name}: {_yaml_value(default)}"
-        lines.append(f"{text:<28}# {comment}" if comment else text)
+        lines.append(f"{text:<27} # {comment}" if comment else text)
     return "\n".join(lines) + "\n"

@@ -136,7 +136,7 @@ def make_key(*, backend: str, identity: dict, template_name: str, template_versi
         {
             "backend": backend,
             "model": identity["model"],
-            **({"server": extra} if extra else {}),
+            **({"identity": extra} if extra else {}),
             "template": [template_name, str(template_version), template_fingerprint],
             "prompt": [prompt.text, list(prompt.messages)],
             "params": params,
