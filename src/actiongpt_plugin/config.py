@@ -54,13 +54,15 @@ class SamplingConfig:
 class OpenAIConfig:
     api_key: Optional[str] = None  # falls back to OPENAI_API_KEY
     base_url: Optional[str] = None  # falls back to OPENAI_BASE_URL (vLLM, Ollama, llama.cpp, TGI)
-    model: str = "gpt-4o-mini"
+    model: Optional[str] = None  # None: gpt-4o-mini on OpenAI's API, else the one model the server lists
     api: str = "chat"  # chat | completions
-    concurrency: int = 32
+    concurrency: int = 32  # the ceiling of the adaptive window
+    adaptive: bool = True  # adapt requests in flight to the server (backends/openai_backend.OpenAIOptions)
     max_retries: int = 5
     timeout: float = 60.0
     backoff_base: float = 0.5
     backoff_max: float = 30.0
+    max_wait: float = 60.0  # longest wait before a retry, even when Retry-After asks for more
 
 
 @dataclass
