@@ -24,7 +24,9 @@ def server():
 
 
 def config(server, **values):
-    return load_config(backend="openai", **{"openai.api_key": KEY, "openai.base_url": server.base_url, **values})
+    # The model is named: with none given, a non-OpenAI server is asked which model it serves (issue 9).
+    return load_config(backend="openai", **{"openai.api_key": KEY, "openai.base_url": server.base_url,
+                                            "openai.model": "gpt-4o-mini", **values})
 
 
 def run_batch(server, phrases, log=None, sleep=None, **values):
