@@ -26,6 +26,7 @@ BENCHMARKS = {
     "store": "bench_store",
     "training": "bench_training",
     "generation": "bench_generation",
+    "single_flight": "bench_single_flight",
 }
 
 
