@@ -142,18 +142,27 @@ def test_generate_from_aggregated_features(model):
     assert out["output"].shape == (2, 4, 6, 8)
 
 
-def test_proxy_follows_dtype_changes_and_pickles_as_real(model):
-    with ActionGPT(model, expander=ScriptedExpander()):
+def test_proxy_follows_dtype_changes_pickles_with_actiongpt_and_deepcopies_as_real(model):
+    tokens = clip.tokenize(LABELS)
+    with ActionGPT(model, expander=ScriptedExpander()) as ag:
         model.half()
         assert model.clip_model.dtype == torch.float16  # proxy and real share tensors
         real = model.clip_model.__dict__["_actiongpt_real"]
         assert real.positional_embedding.dtype == torch.float16
         model.float()
-        clone = pickle.loads(pickle.dumps(model))
-        copied = copy.deepcopy(model)
+        out = model.clip_model.encode_text(tokens)
+        clone = pickle.loads(pickle.dumps(model))  # spawned workers: the proxy and its ActionGPT travel
+        copied = copy.deepcopy(model)  # a plain copy of the real CLIP
+    assert type(copied.clip_model) is type(real)
+    assert isinstance(clone.clip_model, type(real)) and type(clone.clip_model) is not type(real)
     for other in (clone, copied):
-        assert type(other.clip_model) is type(real)
         assert list(other.state_dict()) == list(model.state_dict())
+    carried = clone.clip_model.__dict__["_actiongpt_adapter"]
+    assert carried is not ag.adapter and carried.installed and carried.ag.descriptions == ag.descriptions
+    assert torch.allclose(clone.clip_model.encode_text(tokens), out, atol=1e-6)
+    carried.ag.uninstall()
+    assert type(clone.clip_model) is type(real)
+    assert torch.equal(clone.clip_model.encode_text(tokens), model.clip_model.encode_text(tokens))
 
 
 def test_concat_is_refused_for_pooled_features(model):
