@@ -224,3 +224,32 @@ def test_examples_run(name, run_example):
         require_clip_vocabulary()
     out = run_example(name)
     assert "step 1: loss" in out and "text model calls: 1;" in out
+
+
+def test_torch_compile_of_an_installed_model_works_again_and_again(model):
+    import torch._dynamo
+
+    traced = []
+
+    def recording(gm, example_inputs):  # the eager backend, noting where each traced op came from
+        traced.extend(node.meta.get("stack_trace") or "" for node in gm.graph.nodes)
+        return gm.forward
+
+    batches = [["jump", "walk forward"], ["jump", "walk forward"], ["sit", "run"]]
+    with ActionGPT(model, expander=ScriptedExpander()) as ag:
+        model.train()
+        eager = []
+        for texts in batches:
+            eager.append(model.text_to_motion_forward(texts, [5, 6], return_latent=True)[2].loc)
+        for backend in (recording, recording, "aot_eager"):  # several fresh compiles, several calls each
+            torch._dynamo.reset()
+            step = torch.compile(model.text_to_motion_forward, backend=backend)
+            for texts, want in zip(batches, eager):
+                model.zero_grad()
+                features, latent, distribution = step(texts, [5, 6], return_latent=True)
+                assert torch.allclose(distribution.loc, want, atol=1e-5)
+                features.sum().backward()
+                assert model.textencoder.projection[1].weight.grad.abs().sum() > 0
+    assert any("distilbert" in t.lower() or "temos.py" in t for t in traced)  # the model itself was compiled...
+    assert not [t for t in traced if "actiongpt_plugin" in t]  # ...the drop-in (cache lookup) ran outside the graph
+    assert ag.text_model_calls == 2  # the cache served every compiled call

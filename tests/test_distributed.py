@@ -88,7 +88,8 @@ def child_checks(rank, models, ags, expected, base, teach_root):
         ag = ags[name]
         assert ag.installed, name
         out = TEXT_PATHS[name](model, LABELS)
-        assert torch.allclose(out, expected[name], atol=1e-5), f"{name}: not ActionGPT's features"
+        want = expected[name]
+        assert out.shape == want.shape and torch.allclose(out, want, atol=1e-5), f"{name}: not ActionGPT's features"
         plain = base[name]
         assert out.shape != plain.shape or not torch.allclose(out, plain, atol=1e-3), f"{name}: the plain model's"
         assert ag.text_model_calls >= 1, f"{name}: caches do not travel: the text model ran here"
