@@ -253,3 +253,18 @@ def test_torch_compile_of_an_installed_model_works_again_and_again(model):
     assert any("distilbert" in t.lower() or "temos.py" in t for t in traced)  # the model itself was compiled...
     assert not [t for t in traced if "actiongpt_plugin" in t]  # ...the drop-in (cache lookup) ran outside the graph
     assert ag.text_model_calls == 2  # the cache served every compiled call
+
+
+def test_strict_with_the_pack_backend_serves_pack_labels(model, tmp_path):
+    """Strict mode reads the pack (unpaid, offline by nature); only labels missing from it fail.
+    Needs the coordinator's expander change (offline mode blocks only paid backends)."""
+    pack = tmp_path / "gpt3_annotations.json"
+    table = {"jump": [f"a person jumps up {i}" for i in range(4)]}
+    pack.write_text(json.dumps(table))
+    ag = ActionGPT(model, backend="pack", **{"pack.path": str(pack), "store.path": str(tmp_path / "s.sqlite"),
+                                              "embedding.on_missing": "strict"})
+    features = ag.text_encoder(["jump"])  # never prepared, but in the pack
+    assert features.shape[0] == 1 and ag.descriptions == {"jump": table["jump"]}
+    with pytest.raises(MissingDescriptionsError, match="'fly'"):
+        ag.text_encoder(["fly"])
+    ag.close()

@@ -178,3 +178,37 @@ def test_empty_padding_text_keeps_clip_features(model):
     assert exp.calls == [["jump", "run"]]
     assert torch.equal(out[1], real.encode_text(clip.tokenize([""]))[0])
     assert torch.allclose(out[2], real_encode(real, exp.describe("run")).mean(0), atol=1e-5)
+
+
+class KnowingExpander(ScriptedExpander):
+    """An expander that can list the phrases it knows (as Expander.known_phrases does for packs and stores)."""
+
+    def known_phrases(self):
+        return list(self.table)
+
+
+def test_decoded_text_finds_known_labels_in_canonical_form(model):
+    exp = KnowingExpander(table={"T-Pose": ["a person stands with arms out"] * 4, "Walk, Forward!": ["a person walks"] * 4})
+    ag = ActionGPT(model, expander=exp)
+    with ag:  # nothing prepared: CLIP gives back 't - pose' and 'walk , forward !'
+        out = text_to_clip_features(model, ["T-Pose", "walk , forward !", "jump"])[0]
+    assert exp.calls == [["T-Pose", "Walk, Forward!", "jump"]]
+    assert torch.allclose(out[0], real_encode(ag.adapter.real, exp.describe("T-Pose")).mean(0), atol=1e-5)
+    ag2 = ActionGPT(model, expander=ScriptedExpander(table=exp.table))
+    ag2.expand(["Walk, Forward!"])  # registered labels match canonically too
+    assert ag2.adapter.label_for("walk forward") == "Walk, Forward!" and ag2.adapter.label_for("run") == "run"
+
+
+def test_pack_labels_are_found_from_clip_tokens(model, tmp_path):
+    """Needs Expander.known_phrases (the coordinator's expander change): the pack's phrases."""
+    import json
+
+    pack = tmp_path / "gpt3_annotations.json"
+    table = {"T-Pose": [f"a person stands in a t pose {i}" for i in range(4)]}
+    pack.write_text(json.dumps(table))
+    ag = ActionGPT(model, backend="pack", **{"pack.path": str(pack), "store.path": str(tmp_path / "s.sqlite")})
+    with ag:
+        out = text_to_clip_features(model, ["T-Pose"])[0]
+    assert ag.descriptions == {"T-Pose": table["T-Pose"]}
+    assert torch.allclose(out[0], real_encode(ag.adapter.real, table["T-Pose"]).mean(0), atol=1e-5)
+    ag.close()
