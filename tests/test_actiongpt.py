@@ -224,3 +224,47 @@ def test_examples_run(name, run_example):
         require_clip_vocabulary()
     out = run_example(name)
     assert "step 1: loss" in out and "text model calls: 1;" in out
+
+
+def test_torch_compile_of_an_installed_model_works_again_and_again(model):
+    import torch._dynamo
+
+    traced = []
+
+    def recording(gm, example_inputs):  # the eager backend, noting where each traced op came from
+        traced.extend(node.meta.get("stack_trace") or "" for node in gm.graph.nodes)
+        return gm.forward
+
+    batches = [["jump", "walk forward"], ["jump", "walk forward"], ["sit", "run"]]
+    with ActionGPT(model, expander=ScriptedExpander()) as ag:
+        model.train()
+        eager = []
+        for texts in batches:
+            eager.append(model.text_to_motion_forward(texts, [5, 6], return_latent=True)[2].loc)
+        for backend in (recording, recording, "aot_eager"):  # several fresh compiles, several calls each
+            torch._dynamo.reset()
+            step = torch.compile(model.text_to_motion_forward, backend=backend)
+            for texts, want in zip(batches, eager):
+                model.zero_grad()
+                features, latent, distribution = step(texts, [5, 6], return_latent=True)
+                assert torch.allclose(distribution.loc, want, atol=1e-5)
+                features.sum().backward()
+                assert model.textencoder.projection[1].weight.grad.abs().sum() > 0
+    assert any("distilbert" in t.lower() or "temos.py" in t for t in traced)  # the model itself was compiled...
+    assert not [t for t in traced if "actiongpt_plugin" in t]  # ...the drop-in (cache lookup) ran outside the graph
+    assert ag.text_model_calls == 2  # the cache served every compiled call
+
+
+def test_strict_with_the_pack_backend_serves_pack_labels(model, tmp_path):
+    """Strict mode reads the pack (unpaid, offline by nature); only labels missing from it fail.
+    Needs the coordinator's expander change (offline mode blocks only paid backends)."""
+    pack = tmp_path / "gpt3_annotations.json"
+    table = {"jump": [f"a person jumps up {i}" for i in range(4)]}
+    pack.write_text(json.dumps(table))
+    ag = ActionGPT(model, backend="pack", **{"pack.path": str(pack), "store.path": str(tmp_path / "s.sqlite"),
+                                              "embedding.on_missing": "strict"})
+    features = ag.text_encoder(["jump"])  # never prepared, but in the pack
+    assert features.shape[0] == 1 and ag.descriptions == {"jump": table["jump"]}
+    with pytest.raises(MissingDescriptionsError, match="'fly'"):
+        ag.text_encoder(["fly"])
+    ag.close()

@@ -153,16 +153,19 @@ def test_training_step_and_warm_cache(model):
     assert all(p.grad is None for p in model.clip_model.parameters())
 
 
-def test_deepcopy_keeps_actiongpt_and_pickle_gives_upstream(model):
+def test_deepcopy_keeps_actiongpt_and_pickle_carries_it(model):
     with ActionGPT(model, expander=ScriptedExpander()) as ag:
         out = model.encode_text(LABELS)
         ema = copy.deepcopy(model)  # MDM's training loop keeps an EMA copy this way
         assert ema.encode_text.owner is ema and ema.clip_model is not model.clip_model
         assert torch.allclose(ema.encode_text(LABELS), out)
-        plain = pickle.loads(pickle.dumps(model))
+        carried = pickle.loads(pickle.dumps(model))  # spawned workers: the drop-in and its ActionGPT travel
     assert ag.installed is False
-    assert plain.encode_text.__func__ is MDM.clip_encode_text
-    assert torch.equal(plain.encode_text(LABELS), model.clip_encode_text(LABELS))
+    assert carried.encode_text.adapter is not ag.adapter and carried.encode_text.adapter.installed
+    assert torch.allclose(carried.encode_text(LABELS), out, atol=1e-6)
+    carried.encode_text.adapter.ag.uninstall()
+    assert carried.encode_text.__func__ is MDM.clip_encode_text
+    assert torch.equal(carried.encode_text(LABELS), model.clip_encode_text(LABELS))
     assert torch.equal(ema.encode_text(LABELS), ema.clip_encode_text(LABELS))  # uninstalled: upstream again
 
 

@@ -9,7 +9,7 @@ require_clip_vocabulary()
 
 from actiongpt_plugin import ActionGPT  # noqa: E402
 from actiongpt_plugin.adapters.momask import MoMaskAdapter  # noqa: E402
-from actiongpt_plugin.adapters.motionclip import clip_tokenizer  # noqa: E402
+from actiongpt_plugin.adapters.clip import clip_tokenizer  # noqa: E402
 from actiongpt_plugin.errors import ActionGPTError  # noqa: E402
 from standins import ScriptedExpander, clip  # noqa: E402
 from standins.momask import MaskTransformer, load_wo_clip, make_momask, state_dict_wo_clip  # noqa: E402

@@ -142,18 +142,27 @@ def test_generate_from_aggregated_features(model):
     assert out["output"].shape == (2, 4, 6, 8)
 
 
-def test_proxy_follows_dtype_changes_and_pickles_as_real(model):
-    with ActionGPT(model, expander=ScriptedExpander()):
+def test_proxy_follows_dtype_changes_pickles_with_actiongpt_and_deepcopies_as_real(model):
+    tokens = clip.tokenize(LABELS)
+    with ActionGPT(model, expander=ScriptedExpander()) as ag:
         model.half()
         assert model.clip_model.dtype == torch.float16  # proxy and real share tensors
         real = model.clip_model.__dict__["_actiongpt_real"]
         assert real.positional_embedding.dtype == torch.float16
         model.float()
-        clone = pickle.loads(pickle.dumps(model))
-        copied = copy.deepcopy(model)
+        out = model.clip_model.encode_text(tokens)
+        clone = pickle.loads(pickle.dumps(model))  # spawned workers: the proxy and its ActionGPT travel
+        copied = copy.deepcopy(model)  # a plain copy of the real CLIP
+    assert type(copied.clip_model) is type(real)
+    assert isinstance(clone.clip_model, type(real)) and type(clone.clip_model) is not type(real)
     for other in (clone, copied):
-        assert type(other.clip_model) is type(real)
         assert list(other.state_dict()) == list(model.state_dict())
+    carried = clone.clip_model.__dict__["_actiongpt_adapter"]
+    assert carried is not ag.adapter and carried.installed and carried.ag.descriptions == ag.descriptions
+    assert torch.allclose(clone.clip_model.encode_text(tokens), out, atol=1e-6)
+    carried.ag.uninstall()
+    assert type(clone.clip_model) is type(real)
+    assert torch.equal(clone.clip_model.encode_text(tokens), model.clip_model.encode_text(tokens))
 
 
 def test_concat_is_refused_for_pooled_features(model):
@@ -169,3 +178,37 @@ def test_empty_padding_text_keeps_clip_features(model):
     assert exp.calls == [["jump", "run"]]
     assert torch.equal(out[1], real.encode_text(clip.tokenize([""]))[0])
     assert torch.allclose(out[2], real_encode(real, exp.describe("run")).mean(0), atol=1e-5)
+
+
+class KnowingExpander(ScriptedExpander):
+    """An expander that can list the phrases it knows (as Expander.known_phrases does for packs and stores)."""
+
+    def known_phrases(self):
+        return list(self.table)
+
+
+def test_decoded_text_finds_known_labels_in_canonical_form(model):
+    exp = KnowingExpander(table={"T-Pose": ["a person stands with arms out"] * 4, "Walk, Forward!": ["a person walks"] * 4})
+    ag = ActionGPT(model, expander=exp)
+    with ag:  # nothing prepared: CLIP gives back 't - pose' and 'walk , forward !'
+        out = text_to_clip_features(model, ["T-Pose", "walk , forward !", "jump"])[0]
+    assert exp.calls == [["T-Pose", "Walk, Forward!", "jump"]]
+    assert torch.allclose(out[0], real_encode(ag.adapter.real, exp.describe("T-Pose")).mean(0), atol=1e-5)
+    ag2 = ActionGPT(model, expander=ScriptedExpander(table=exp.table))
+    ag2.expand(["Walk, Forward!"])  # registered labels match canonically too
+    assert ag2.adapter.label_for("walk forward") == "Walk, Forward!" and ag2.adapter.label_for("run") == "run"
+
+
+def test_pack_labels_are_found_from_clip_tokens(model, tmp_path):
+    """Needs Expander.known_phrases (the coordinator's expander change): the pack's phrases."""
+    import json
+
+    pack = tmp_path / "gpt3_annotations.json"
+    table = {"T-Pose": [f"a person stands in a t pose {i}" for i in range(4)]}
+    pack.write_text(json.dumps(table))
+    ag = ActionGPT(model, backend="pack", **{"pack.path": str(pack), "store.path": str(tmp_path / "s.sqlite")})
+    with ag:
+        out = text_to_clip_features(model, ["T-Pose"])[0]
+    assert ag.descriptions == {"T-Pose": table["T-Pose"]}
+    assert torch.allclose(out[0], real_encode(ag.adapter.real, table["T-Pose"]).mean(0), atol=1e-5)
+    ag.close()

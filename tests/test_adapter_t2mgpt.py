@@ -118,3 +118,34 @@ def test_driver_without_clip_adopts_the_first_loaded(clip):
 def test_example_runs(clip, run_example):
     out = run_example("t2mgpt")
     assert "step 1: loss" in out and "clip.load restored: True" in out and "-> motions 2" in out
+
+
+def test_driver_deepcopies_and_pickles(clip, clip_model):
+    import copy
+    import pickle
+
+    driver = T2MGPT(make_transformer(), clip_model)
+    twin = copy.deepcopy(driver)
+    assert twin.clip is clip and twin.clip_model is not clip_model
+    assert torch.equal(twin.clip_features(LABELS), driver.clip_features(LABELS))
+    with ActionGPT(driver, expander=ScriptedExpander()):
+        out = driver.clip_features(LABELS)
+        ema = copy.deepcopy(driver)  # a plain copy: the real CLIP
+        carried = pickle.loads(pickle.dumps(driver))  # the proxy and its ActionGPT travel
+    assert type(ema.clip_model) is type(clip_model) and ema.clip is clip
+    assert torch.equal(ema.clip_features(LABELS), T2MGPT(None, clip_model).clip_features(LABELS))
+    assert torch.allclose(carried.clip_features(LABELS), out, atol=1e-6)
+    vars(carried.clip_model)["_actiongpt_adapter"].ag.uninstall()
+    assert not hasattr(clip.load, "_actiongpt_adapter")
+
+
+def test_clip_text_of_unprepared_labels_matches_known_phrases(clip, clip_model):
+    class Knowing(ScriptedExpander):
+        def known_phrases(self):
+            return ["T-Pose"]
+
+    exp = Knowing()
+    driver = T2MGPT(make_transformer(), clip_model)
+    with ActionGPT(driver, expander=exp):
+        driver.clip_features(["T-Pose", "jump"])
+    assert exp.calls == [["T-Pose", "jump"]]

@@ -143,7 +143,11 @@ def test_deepcopy_and_pickle_while_installed(model):
         twin = copy.deepcopy(model)  # e.g. an EMA copy: same ActionGPT, its own encoder
         assert twin.textencoder.get_last_hidden_state.owner is twin.textencoder
         assert torch.allclose(twin.textencoder.get_last_hidden_state(PHRASES), out)
-        plain = pickle.loads(pickle.dumps(model))  # a pickled model carries the upstream method
+        carried = pickle.loads(pickle.dumps(model))  # a pickled model carries its ActionGPT (spawned workers)
     assert not ag.installed
-    assert torch.equal(plain.textencoder.get_last_hidden_state(PHRASES), original(plain.textencoder, PHRASES)[0])
+    drop_in = carried.textencoder.get_last_hidden_state
+    assert drop_in.adapter is not ag.adapter and drop_in.adapter.installed and drop_in.adapter.ag.descriptions == ag.descriptions
+    assert torch.allclose(carried.textencoder.get_last_hidden_state(PHRASES), out, atol=1e-6)
+    drop_in.adapter.ag.uninstall()
+    assert torch.equal(carried.textencoder.get_last_hidden_state(PHRASES), original(carried.textencoder, PHRASES)[0])
     assert torch.equal(twin.textencoder.get_last_hidden_state(PHRASES), original(twin.textencoder, PHRASES)[0])

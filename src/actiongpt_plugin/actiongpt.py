@@ -11,19 +11,40 @@ text-model weights and descriptions, so a warm cache never runs the text model f
 """
 from __future__ import annotations
 
+import pickle
 from contextlib import nullcontext
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .adapters.base import find_adapter
-from .config import load_config
-from .embedding import EmbeddingCache, descriptions_key, model_fingerprint, pad_tokens, stack_pooled, trim
+from .config import default_cache_dir, load_config, to_plain
+from .embedding import (
+    EmbeddingCache, PersistentEmbeddings, descriptions_key, model_fingerprint, pad_tokens, stack_pooled, trim,
+)
 from .errors import ActionGPTError, MissingDescriptionsError
 from .plugins import get_plugin_manager, get_registry
 
 
+@torch.compiler.disable
+def _eager(fn, *args, **kwargs):
+    """Run ``fn`` eagerly, outside torch.compile graphs (a graph break there).
+
+    The drop-ins expand phrases, look features up in the caches (keyed by a fingerprint memo of the
+    text model's weights) and aggregate them: Python bookkeeping that dynamo must neither trace nor
+    guard on (guards on that memo failed recompiled runs).
+    """
+    return fn(*args, **kwargs)
+
+
+def portable_config(cfg) -> dict:
+    """The resolved config as a plain dict without secrets (API keys): what a pickled ActionGPT carries."""
+    return to_plain(cfg, secrets=False)
+
+
 class ActionGPT:
+    eager = staticmethod(_eager)
+
     def __init__(self, model, expander=None, *, cfg: DictConfig | None = None, adapter=None, **config):
         """``config``: dotted config keys (``k=4``, ``**{"pack.path": p}``), or a ready ``cfg``.
 
@@ -33,25 +54,51 @@ class ActionGPT:
         """
         if cfg is not None and config:
             raise ActionGPTError("give either cfg= or config keys, not both")
-        self.cfg = cfg if cfg is not None else load_config(**config)
-        emb = self.cfg.embedding
-        registry = get_registry()
-        self.aggregator_name = emb.aggregator
-        self.aggregator = registry.aggregator(emb.aggregator)
+        self._setup(cfg if cfg is not None else load_config(**config), expander)
         self.model = model
-        self.adapter = find_adapter(model, registry.adapters, adapter)(model, self)
-        if self.adapter.granularity == "pooled" and emb.aggregator == "concat":
+        self.adapter = find_adapter(model, get_registry().adapters, adapter)(model, self)
+        if self.adapter.granularity == "pooled" and self.aggregator_name == "concat":
             raise ActionGPTError(f"aggregator 'concat' needs token-level features; the {self.adapter.name} text encoder is pooled")
+        self.descriptions: dict[str, list[str]] = {}  # phrase -> k descriptions in use
+
+    def _setup(self, cfg, expander) -> None:
+        """What is built from the config alone (again in a process that unpickled this ActionGPT)."""
+        self.cfg = cfg
+        emb = cfg.embedding
+        self.aggregator_name = emb.aggregator
+        self.aggregator = get_registry().aggregator(emb.aggregator)
         try:
             self.cache = EmbeddingCache(emb.cache_size, emb.cache_device) if emb.cache else None
         except RuntimeError as exc:
             raise ActionGPTError(f"bad value for config key 'embedding.cache_device': {exc}") from None
+        self.persistent = PersistentEmbeddings(persist_path(cfg)) if emb.persist else None
         self._expander = expander
         self._expander_given = expander is not None
         self._own_expanders = []
         self._offline_expander = None
-        self.descriptions: dict[str, list[str]] = {}  # phrase -> k descriptions in use
         self.text_model_calls = 0  # batched calls of the original text model (for monitoring)
+
+    # -- pickling (spawned workers: torch.multiprocessing.spawn, Lightning ddp_spawn) ------------
+    def __getstate__(self):
+        """What travels with a pickled model: the config (plain, no secrets), the descriptions in use,
+        the adapter (installed or not) and a caller-supplied expander. Caches and store/LLM
+        connections do not: the new process rebuilds them on first use."""
+        expander = self._expander if self._expander_given else None
+        if expander is not None:
+            try:
+                pickle.dumps(expander)
+            except Exception as exc:  # noqa: BLE001 - whatever pickle refuses
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ActionGPTError(
+                    f"cannot send this ActionGPT to another process: its expander ({type(expander).__name__}) cannot be "
+                    f"pickled ({reason}); pass a picklable expander, or none and configure the backend instead "
+                    "(e.g. backend=pack, pack.path=...)") from None
+        return {"config": portable_config(self.cfg), "expander": expander, "model": self.model,
+                "adapter": self.adapter, "descriptions": self.descriptions}
+
+    def __setstate__(self, state):
+        self._setup(load_config(**state["config"]), state["expander"])
+        self.model, self.adapter, self.descriptions = state["model"], state["adapter"], state["descriptions"]
 
     # -- install ------------------------------------------------------------------------------
     @property
@@ -63,16 +110,15 @@ class ActionGPT:
         return self.adapter.installed
 
     def install(self) -> "ActionGPT":
+        """Put the adapter's declared replacements in place (see adapters/base.py)."""
         if self.adapter.installed:
             raise ActionGPTError(f"ActionGPT is already installed in this {type(self.model).__name__} model")
         self.adapter.install()
-        self.adapter.installed = True
         return self
 
     def uninstall(self) -> None:
         if self.adapter.installed:
             self.adapter.uninstall()
-            self.adapter.installed = False
 
     def __enter__(self):
         if not self.adapter.installed:
@@ -90,6 +136,8 @@ class ActionGPT:
         self._offline_expander = None
         if not self._expander_given:
             self._expander = None
+        if self.persistent is not None:
+            self.persistent.close()
 
     # -- descriptions ----------------------------------------------------------------------------
     def _build_expander(self, cfg):
@@ -147,35 +195,52 @@ class ActionGPT:
             raise MissingDescriptionsError(phrases)
         if self._offline_expander is None:
             self._offline_expander = self._build_expander(OmegaConf.merge(self.cfg, {"store": {"offline": True}}))
-        return self._offline_expander.expand(phrases)
+        # What the store (or a pack) lacks is missing, not an error of the run: _remember lists it.
+        return self._offline_expander.run(phrases).descriptions
 
     # -- embedding -----------------------------------------------------------------------------
     def embed(self, phrases, encode, text_model, tag: str = "") -> list[tuple]:
         """Aggregated features per phrase: a list of (features, mask or None), one per phrase.
 
         ``encode(list_of_descriptions)`` runs the original text model and returns [N, D] or
-        ([N, T, H], bool mask [N, T]). Cached phrases are served without running it; all the
-        others are embedded in one call.
+        ([N, T, H], bool mask [N, T]). Phrases in the memory cache, then in the persistent one
+        (``embedding.persist``), are served without running it; all the others are embedded in one
+        call.
         """
         unique = list(dict.fromkeys(phrases))
         descs = self.descriptions_for(unique)
-        frozen = not any(p.requires_grad for p in text_model.parameters())
-        cache = self.cache if frozen else None  # a trainable text model changes every step
-        prefix = (model_fingerprint(text_model), self.adapter.name, tag, self.aggregator_name) if cache is not None else None
-        found, todo = {}, []
-        for phrase in unique:
-            hit = cache.get(prefix + (descriptions_key(descs[phrase]),)) if cache is not None else None
-            if hit is None:
-                todo.append(phrase)
-            else:
-                found[phrase] = hit
+        frozen = not any(p.requires_grad for p in text_model.parameters())  # a trainable one changes every step
+        cache = self.cache if frozen else None
+        persistent = self.persistent if frozen else None
+        keys = {}
+        if cache is not None or persistent is not None:
+            prefix = (model_fingerprint(text_model), self.adapter.name, tag, self.aggregator_name)
+            keys = {p: prefix + (descriptions_key(descs[p]),) for p in unique}
+        found = {}
+        if cache is not None:
+            for phrase in unique:
+                hit = cache.get(keys[phrase])
+                if hit is not None:
+                    found[phrase] = hit
+        todo = [p for p in unique if p not in found]
+        if todo and persistent is not None:
+            stored = persistent.get_many([keys[p] for p in todo], _device(text_model))
+            for phrase in todo:
+                value = stored.get(keys[phrase])
+                if value is not None:
+                    found[phrase] = value
+                    if cache is not None:
+                        cache.put(keys[phrase], value)
+            todo = [p for p in todo if p not in found]
         if todo:
             with torch.no_grad() if frozen else nullcontext():
                 computed = self._compute(todo, descs, encode)
             for phrase, value in computed.items():
                 if cache is not None:
-                    cache.put(prefix + (descriptions_key(descs[phrase]),), value)
+                    cache.put(keys[phrase], value)
                 found[phrase] = value
+            if persistent is not None:
+                persistent.put_many({keys[p]: v for p, v in computed.items()})
         return [found[p] for p in phrases]
 
     def _compute(self, phrases, descs, encode) -> dict:
@@ -222,3 +287,9 @@ def _device(module):
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def persist_path(cfg):
+    """Where ``embedding.persist`` keeps features: ``embedding.persist_path`` or <cache dir>/embeddings.sqlite."""
+    path = cfg.embedding.persist_path
+    return path if path else default_cache_dir() / "embeddings.sqlite"

@@ -1,17 +1,25 @@
-"""Embedding cache and the tensor plumbing shared by adapters.
+"""Embedding caches and the tensor plumbing shared by adapters.
 
 The text models are frozen, so the aggregated features of a phrase depend only on the text model's
 weights, the adapter's tokenisation, the aggregator and the descriptions: they are computed once
-and reused. Keys carry a content fingerprint of the text model, so reloading weights
-(``load_state_dict``) or moving the model never serves stale features.
+and reused, in memory (``EmbeddingCache``) and, with ``embedding.persist``, on disk
+(``PersistentEmbeddings``: every process and later runs reuse them). Keys carry a content
+fingerprint of the text model, so reloading weights (``load_state_dict``) or moving the model never
+serves stale features.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import sqlite3
 import weakref
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
+
+from .errors import ActionGPTError
 
 _fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -97,6 +105,92 @@ class EmbeddingCache:
             with torch.inference_mode(False):
                 t = t.clone()
         return t
+
+
+def _key_text(key) -> str:
+    return "\x1f".join(key)
+
+
+def _tensor_row(t):
+    """A tensor as (bytes, dtype name, JSON shape): lossless for every dtype (bfloat16 included)."""
+    t = t.detach().to("cpu").contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return data, str(t.dtype).removeprefix("torch."), json.dumps(list(t.shape))
+
+
+def _tensor_of(data, dtype, shape, device):
+    dtype, shape = getattr(torch, dtype), json.loads(shape)
+    if not data:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape).to(device)
+
+
+class PersistentEmbeddings:
+    """Aggregated features on disk: SQLite in WAL mode, safe for several processes (DDP ranks) at once.
+
+    Keys are the in-memory cache's (text-model fingerprint, adapter, tag, aggregator, descriptions
+    key); rows are written with INSERT OR IGNORE (the same key always holds the same features), so
+    concurrent writers never conflict. Each process opens its own connection on first use.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path).expanduser()
+        self._conn = None
+        self._pid = None
+        self.hits = 0
+        self.misses = 0
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():  # a forked worker must not share the parent's
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, features BLOB NOT NULL, "
+                    "dtype TEXT NOT NULL, shape TEXT NOT NULL, mask BLOB, mask_shape TEXT)"
+                )
+            except (OSError, sqlite3.Error) as exc:
+                raise ActionGPTError(f"cannot open the embedding cache {self.path}: {exc} "
+                                     "(set embedding.persist_path, or embedding.persist=false)") from None
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def __len__(self):
+        return self._db().execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+
+    def get_many(self, keys, device=None) -> dict:
+        """key -> (features, mask or None) for the keys on disk, as tensors on ``device``."""
+        out = {}
+        texts = {_key_text(k): k for k in keys}
+        names = list(texts)
+        for start in range(0, len(names), 500):  # SQLite's bound-parameter limit
+            chunk = names[start : start + 500]
+            rows = self._db().execute(
+                f"SELECT key, features, dtype, shape, mask, mask_shape FROM embeddings WHERE key IN "
+                f"({','.join('?' * len(chunk))})", chunk).fetchall()
+            for key, features, dtype, shape, mask, mask_shape in rows:
+                m = None if mask_shape is None else _tensor_of(mask, "bool", mask_shape, device)
+                out[texts[key]] = (_tensor_of(features, dtype, shape, device), m)
+        self.hits += len(out)
+        self.misses += len(texts) - len(out)
+        return out
+
+    def put_many(self, items: dict) -> None:
+        rows = []
+        for key, (features, mask) in items.items():
+            data, dtype, shape = _tensor_row(features)
+            mask_data, _, mask_shape = _tensor_row(mask) if mask is not None else (None, None, None)
+            rows.append((_key_text(key), data, dtype, shape, mask_data, mask_shape))
+        if rows:
+            db = self._db()
+            with db:  # one transaction
+                db.executemany("INSERT OR IGNORE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
 
 
 def trim(features, mask):

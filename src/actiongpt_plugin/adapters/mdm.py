@@ -4,7 +4,7 @@ MDM sets ``self.encode_text = self.clip_encode_text`` (CLIP, the default) or ``s
 (DistilBERT) in ``__init__``; ``forward`` calls ``self.encode_text(y['text'])`` unless ``y['text_embed']``
 is given, and sampling fills ``text_embed`` once per batch with ``model.encode_text(...)``. The
 classifier-free-guidance wrapper (``ClassifierFreeSampleModel``) copies ``model.encode_text`` when it is
-created. ``install`` replaces the instance attribute of the MDM (and of the wrapper, when the wrapper is
+created. The adapter declares the instance attribute of the MDM (and of the wrapper, when the wrapper is
 the model given to ActionGPT); wrappers created after install copy the replacement. No module,
 parameter or buffer is added: ``load_model_wo_clip`` keeps working both ways.
 
@@ -18,8 +18,8 @@ import functools
 
 from ..errors import ActionGPTError
 from ..hookspecs import hookimpl
-from .base import Adapter, MethodDropIn
-from .motionclip import CLIP_BUDGET, clip_budget, clip_module_for
+from .base import Adapter, InstanceAttribute
+from .clip import CLIP_BUDGET, clip_budget, clip_module_for
 from .temos import tokenizer_tag
 
 SHORT_TEXT_DATASETS = ("humanml", "kit")  # MDM cuts CLIP input to 20 tokens on these
@@ -43,16 +43,11 @@ class MdmAdapter(Adapter):
     def matches(cls, model) -> bool:
         return cls.mdm_of(model) is not None
 
-    def __init__(self, model, ag):
-        super().__init__(model, ag)
-        self.mdm = self.mdm_of(model)
+    def bind(self):
+        self.mdm = self.mdm_of(self.model)
         if self.mdm is None:
-            raise ActionGPTError(f"{type(model).__name__} is not a text-conditioned MDM (no encode_text)")
-        self.wrapper = model if model is not self.mdm else None
-        self.saved = {}
-        for owner in self.owners:
-            if isinstance(vars(owner).get("encode_text"), MethodDropIn):
-                raise ActionGPTError(f"encode_text of this {type(owner).__name__} is already replaced; uninstall first")
+            raise ActionGPTError(f"{type(self.model).__name__} is not a text-conditioned MDM (no encode_text)")
+        self.wrapper = self.model if self.model is not self.mdm else None
         self.kind = getattr(self.mdm, "text_encoder_type", "clip")
         self.method = f"{self.kind}_encode_text"  # the upstream method encode_text points to
         if self.kind == "bert":
@@ -62,10 +57,15 @@ class MdmAdapter(Adapter):
         elif self.kind == "clip":
             dataset = getattr(self.mdm, "dataset", None)
             tokens = MDM_SHORT_BUDGET if dataset in SHORT_TEXT_DATASETS else CLIP_BUDGET
-            self.text_budget = clip_budget(ag.cfg, clip_module_for(self.mdm), tokens)
+            self.text_budget = clip_budget(self.ag.cfg, clip_module_for(self.mdm), tokens)
             self.tag = f"mdm-clip:{tokens}:{self.text_budget.tag}"
         else:
             raise ActionGPTError(f"unknown MDM text_encoder_type {self.kind!r}; the adapter knows clip and bert")
+
+    def declare(self):
+        # Plain instance attributes (what MDM itself sets), on the MDM and on a wrapper given to
+        # ActionGPT: no module, parameter or buffer. Both call the MDM's original method.
+        return [InstanceAttribute(owner, "encode_text", target=self.mdm, method=self.method) for owner in self.owners]
 
     @property
     def owners(self):
@@ -98,16 +98,6 @@ class MdmAdapter(Adapter):
 
     def embedding_source(self):
         return self.encoder_of(self.mdm), self.text_model_of(self.mdm), self.tag
-
-    def install(self):
-        # Plain instance attributes (what MDM itself sets): no module, parameter or buffer.
-        for owner in self.owners:
-            self.saved[id(owner)] = vars(owner)["encode_text"]
-            owner.__dict__["encode_text"] = MethodDropIn(self, self.mdm, self.method)
-
-    def uninstall(self):
-        for owner in self.owners:
-            owner.__dict__["encode_text"] = self.saved.pop(id(owner))
 
 
 @hookimpl

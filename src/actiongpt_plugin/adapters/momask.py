@@ -3,7 +3,7 @@
 MoMask's ``MaskTransformer`` and ``ResidualTransformer`` each load their own frozen CLIP
 (``self.clip_model``) and turn ``list[str]`` into ``[n, 512]`` float with
 ``encode_text(raw_text)`` (``clip.tokenize(raw_text, truncate=True)`` -> ``clip_model.encode_text``
--> ``.float()``), called by ``forward`` (training), ``generate`` and ``edit``. The adapter sets an
+-> ``.float()``), called by ``forward`` (training), ``generate`` and ``edit``. The adapter declares an
 instance attribute ``encode_text`` on each transformer given (one, or a list/tuple such as
 ``[t2m_transformer, res_transformer]``: both then share descriptions and cache), which embeds the
 descriptions with that transformer's original method and aggregates them; descriptions over CLIP's
@@ -16,8 +16,8 @@ import functools
 
 from ..errors import ActionGPTError
 from ..hookspecs import hookimpl
-from .base import Adapter, MethodDropIn, defining_class
-from .motionclip import clip_budget, clip_module_for
+from .base import Adapter, InstanceAttribute, defining_class
+from .clip import clip_budget, clip_module_for
 
 CLASSES = ("MaskTransformer", "ResidualTransformer")
 PACKAGES = ("mask_transformer", "momask")  # upstream: models/mask_transformer/transformer.py
@@ -48,17 +48,15 @@ class MoMaskAdapter(Adapter):
     def matches(cls, model) -> bool:
         return bool(cls.transformers_of(model))
 
-    def __init__(self, model, ag):
-        super().__init__(model, ag)
-        self.transformers = self.transformers_of(model)
+    def bind(self):
+        self.transformers = self.transformers_of(self.model)
         if not self.transformers:
-            raise ActionGPTError(f"{type(model).__name__} is not a MoMask transformer with cond_mode 'text'")
-        for t in self.transformers:
-            if isinstance(vars(t).get(METHOD), MethodDropIn):
-                raise ActionGPTError(f"encode_text of this {type(t).__name__} is already replaced; uninstall first")
-        self.text_budget = clip_budget(ag.cfg, clip_module_for(self.transformers[0]))
+            raise ActionGPTError(f"{type(self.model).__name__} is not a MoMask transformer with cond_mode 'text'")
+        self.text_budget = clip_budget(self.ag.cfg, clip_module_for(self.transformers[0]))
         self.tag = f"momask-clip:{self.text_budget.tag}"
-        self.saved = {}  # id(transformer) -> its own instance attribute encode_text, if it had one
+
+    def declare(self):
+        return [InstanceAttribute(t, METHOD) for t in self.transformers]
 
     def encoder_of(self, transformer):
         """encode(descriptions) -> [N, D] with ``transformer``'s ORIGINAL encode_text."""
@@ -77,19 +75,6 @@ class MoMaskAdapter(Adapter):
     def embedding_source(self):
         first = self.transformers[0]
         return self.encoder_of(first), first.clip_model, self.tag
-
-    def install(self):
-        for t in self.transformers:
-            self.saved[id(t)] = vars(t).get(METHOD)
-            t.__dict__[METHOD] = MethodDropIn(self, t, METHOD)
-
-    def uninstall(self):
-        for t in self.transformers:
-            saved = self.saved.pop(id(t), None)
-            if saved is None:
-                t.__dict__.pop(METHOD, None)
-            else:
-                t.__dict__[METHOD] = saved
 
 
 @hookimpl

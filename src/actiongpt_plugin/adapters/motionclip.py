@@ -1,87 +1,32 @@
 """MotionCLIP (GuyTevet/MotionCLIP): a ``clip_model`` proxy (a built-in adapter plugin).
 
 MotionCLIP has no text-encoder class: its code calls ``model.clip_model.encode_text(clip.tokenize(
-texts))`` (training target and inference input). ``install`` swaps ``model.clip_model`` for a proxy:
-an instance of a subclass of the CLIP model's own class that shares the real model's parameter,
-buffer and submodule tables (so ``state_dict`` keys and tensors are the very same, and nothing is
-added) and overrides ``encode_text``: it decodes the CLIP ids between SOT and EOT back to text,
-maps that text to the label given to ``expand``/``prepare`` when there is one, and returns the
-aggregate of the k descriptions, each re-tokenised with ``truncate=True`` and encoded by the real
-CLIP (descriptions over 75 tokens follow ``embedding.long_text``, see textbudget.py): ``[n, D]``
-like the original. ``uninstall`` puts the real model back. The CLIP helpers here (token decoding,
-the proxy, the token budget) serve the T2M-GPT adapter too.
+texts))`` (training target and inference input). The adapter declares a ``Proxy`` of
+``model.clip_model``: an instance of a subclass of the CLIP model's own class that shares the real
+model's parameter, buffer and submodule tables (so ``state_dict`` keys and tensors are the very
+same, and nothing is added) and overrides ``encode_text``: it decodes the CLIP ids between SOT and
+EOT back to text, maps that text to a known label (the labels given to ``expand``/``prepare``, else
+the expander's known phrases, matched in canonical form: CLIP decodes ``T-Pose`` as ``t - pose``)
+and returns the aggregate of the k descriptions, each re-tokenised with ``truncate=True`` and
+encoded by the real CLIP (descriptions over 75 tokens follow ``embedding.long_text``, see
+textbudget.py): ``[n, D]`` like the original. ``uninstall`` puts the real model back. The CLIP
+helpers live in clip.py; the T2M-GPT adapter builds on this one.
 """
 from __future__ import annotations
 
 import functools
-import sys
 
-from ..errors import ActionGPTError
 from ..hookspecs import hookimpl
-from .base import Adapter
-from .textbudget import TextBudget
+from .base import Adapter, Proxy
+from .clip import canonical, clip_budget, clip_module_for, clip_tokenizer, decode_ids, make_proxy
 
-SOT, EOT = 49406, 49407  # OpenAI CLIP's <|startoftext|> and <|endoftext|>
-CLIP_BUDGET = 75  # CLIP's 77-token context less SOT and EOT
 TAG = "clip-tokenize-truncate"
-_proxy_classes: dict = {}
-
-
-def clip_module_for(model):
-    """The ``clip`` module the model's code uses (its own ``clip`` or its module global), else ``import clip``."""
-    for owner in (model, sys.modules.get(type(model).__module__)):
-        clip = getattr(owner, "clip", None)
-        if clip is not None and hasattr(clip, "tokenize"):
-            return clip
-    try:
-        import clip
-    except Exception as exc:  # noqa: BLE001 - clip's import pulls torchvision/PIL and may fail in many ways
-        raise ActionGPTError(f"the MotionCLIP adapter needs OpenAI CLIP's `clip` package (pip install clip-anytorch): {exc}") from None
-    return clip
-
-
-@functools.lru_cache(maxsize=None)
-def clip_tokenizer(clip):
-    return clip.simple_tokenizer.SimpleTokenizer()
-
-
-def clip_budget(cfg, clip, tokens: int = CLIP_BUDGET) -> TextBudget:
-    """The text budget of a CLIP text path: ``tokens`` BPE tokens between SOT and EOT."""
-    return TextBudget(cfg, tokens, lambda text: len(clip_tokenizer(clip).encode(text)), "clip")
-
-
-def _encode_text(self, text):
-    adapter, real = self.__dict__["_actiongpt_adapter"], self.__dict__["_actiongpt_real"]
-    if not adapter.installed:  # a proxy kept after uninstall (e.g. one that clip.load handed out)
-        return real.encode_text(text)
-    return adapter.encode_text(text, real)
-
-
-def _itself(module):
-    return module
-
-
-def _reduce_ex(self, protocol):
-    # Pickling or deep-copying the model stores the real CLIP model, never the proxy.
-    return _itself, (self.__dict__["_actiongpt_real"],)
-
-
-def make_proxy(real, adapter):
-    cls = type(real)
-    if cls not in _proxy_classes:
-        _proxy_classes[cls] = type(f"ActionGPT{cls.__name__}", (cls,),
-                                   {"encode_text": _encode_text, "__reduce_ex__": _reduce_ex, "__module__": __name__})
-    proxy = object.__new__(_proxy_classes[cls])
-    # Same _parameters/_buffers/_modules dicts: identical state_dict, .to()/.half() act on both.
-    proxy.__dict__.update(real.__dict__)
-    proxy.__dict__["_actiongpt_adapter"] = adapter
-    proxy.__dict__["_actiongpt_real"] = real
-    return proxy
 
 
 class MotionClipAdapter(Adapter):
     name = "motionclip"
     granularity = "pooled"
+    portable = ("aliases",)
 
     @classmethod
     def matches(cls, model) -> bool:
@@ -89,31 +34,53 @@ class MotionClipAdapter(Adapter):
         return type(model).__name__ == "MOTIONCLIP" and callable(getattr(clip_model, "encode_text", None))
 
     def __init__(self, model, ag):
+        self.aliases: dict[str, str] = {}  # canonical decoded CLIP text -> label as given to expand/prepare
         super().__init__(model, ag)
-        self.real = model.clip_model
-        if self.real is not None and "_actiongpt_adapter" in vars(self.real):
-            raise ActionGPTError("model.clip_model is already an ActionGPT proxy; uninstall first")
-        self.clip = clip_module_for(model)
-        self.text_budget = clip_budget(ag.cfg, self.clip)
+
+    def bind(self):
+        self.clip = clip_module_for(self.model)
+        self.text_budget = clip_budget(self.ag.cfg, self.clip)
         self.tag = f"{TAG}:{self.text_budget.tag}"
-        self.proxy = None
-        self.aliases: dict[str, str] = {}  # decoded CLIP text -> label as given to expand/prepare
+        self.known = None  # canonical form -> phrase, of the expander's known phrases (on first miss)
+        self.unknown: set = set()
+
+    def declare(self):
+        return [Proxy(self.model, "clip_model")]
+
+    @property
+    def real(self):
+        """The real CLIP model (``model.clip_model`` is a proxy while installed)."""
+        clip_model = self.model.clip_model
+        return None if clip_model is None else vars(clip_model).get("_actiongpt_real", clip_model)
+
+    def make_proxy(self, real):
+        return make_proxy(real, self)
 
     @property
     def tokenizer(self):
         return clip_tokenizer(self.clip)
 
     def text_of(self, ids) -> str:
-        """CLIP ids of one row -> lowercased, whitespace-normalised text between SOT and EOT."""
-        ids = [int(i) for i in ids]
-        start = ids.index(SOT) + 1 if SOT in ids else 0
-        end = ids.index(EOT, start) if EOT in ids[start:] else len(ids)
-        return " ".join(self.tokenizer.decode(ids[start:end]).split())
+        return decode_ids(self.clip, ids)
 
     def register_phrases(self, phrases) -> None:
         tokens = self.clip.tokenize(list(phrases), truncate=True)
         for phrase, row in zip(phrases, tokens.tolist()):
-            self.aliases[self.text_of(row)] = phrase
+            self.aliases[canonical(self.text_of(row))] = phrase
+
+    def label_for(self, decoded: str) -> str:
+        """The known label behind CLIP-decoded text: a registered label, else one of the expander's
+        known phrases (``known_phrases()``: a pack's phrases, the store's), else the text itself."""
+        key = canonical(decoded)
+        if not key:
+            return decoded
+        if key in self.aliases:
+            return self.aliases[key]
+        if key not in self.unknown:  # look again once per new text: the store may have grown
+            self.unknown.add(key)
+            known_phrases = getattr(self.ag.expander, "known_phrases", None)
+            self.known = {canonical(p): p for p in known_phrases()} if known_phrases else {}
+        return (self.known or {}).get(key, decoded)
 
     def encode(self, descriptions, real=None):
         """The real CLIP on descriptions (``truncate=True``, as the release), under ``embedding.long_text``."""
@@ -133,10 +100,7 @@ class MotionClipAdapter(Adapter):
         """
         real = self.real if real is None else real
         encode = functools.partial(self.encode, real=real)
-        phrases = []
-        for row in text.tolist():
-            decoded = self.text_of(row)
-            phrases.append(self.aliases.get(decoded, decoded))
+        phrases = [self.label_for(self.text_of(row)) for row in text.tolist()]
         keep = [i for i, p in enumerate(phrases) if p]
         if len(keep) == len(phrases):
             return self.ag.embed_pooled(phrases, encode, real, self.tag)
@@ -154,15 +118,6 @@ class MotionClipAdapter(Adapter):
 
     def embedding_source(self):
         return self.encode, self.real, self.tag
-
-    def install(self):
-        self.proxy = make_proxy(self.real, self)
-        self.model.clip_model = self.proxy
-
-    def uninstall(self):
-        self.real.training = self.proxy.training  # eval()/train() calls made meanwhile
-        self.model.clip_model = self.real
-        self.proxy = None
 
 
 @hookimpl

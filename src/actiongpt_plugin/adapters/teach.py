@@ -2,15 +2,16 @@
 
 TEACH's text encoders (``TextHist`` by default) derive from
 ``teach.model.textencoder.distilbert.DistilbertEncoderBase``, the same text path as TEMOS. TEACH
-scripts call ``model.load_from_checkpoint(...)``, which builds a NEW instance, so the method is
-replaced on that class (every instance, present and future, goes through ActionGPT) and put back
-by ``uninstall``. No TEACH code is imported or shipped: classes are recognised by name and module.
+scripts call ``model.load_from_checkpoint(...)``, which builds a NEW instance, so the adapter declares
+a class attribute: the method is replaced on that class (every instance, present and future, goes
+through ActionGPT) and put back by ``uninstall``. A model pickled into a fresh process (spawned
+workers) patches the class there again. No TEACH code is imported or shipped: classes are
+recognised by name and module.
 """
 from __future__ import annotations
 
-import functools
-
 from ..hookspecs import hookimpl
+from .base import ClassAttribute
 from .temos import METHOD, TemosAdapter
 
 
@@ -18,16 +19,8 @@ class TeachAdapter(TemosAdapter):
     name = "teach"
     package = "teach"
 
-    def install(self):
-        @functools.wraps(self.original)
-        def get_last_hidden_state(encoder, texts, return_mask=False):
-            return self.encode_for(encoder, texts, return_mask)
-
-        get_last_hidden_state._actiongpt_adapter = self
-        setattr(self.cls, METHOD, get_last_hidden_state)
-
-    def uninstall(self):
-        setattr(self.cls, METHOD, self.original)
+    def declare(self):
+        return [ClassAttribute(self.cls, METHOD)]
 
 
 @hookimpl

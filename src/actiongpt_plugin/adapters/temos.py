@@ -2,7 +2,7 @@
 
 TEMOS text encoders derive from ``temos.model.textencoder.distilbert.DistilbertEncoderBase``,
 whose ``get_last_hidden_state(texts, return_mask=False)`` turns ``list[str]`` into
-``[bs, T, H]`` (+ bool mask) for the trainable projection and transformer. The adapter sets an
+``[bs, T, H]`` (+ bool mask) for the trainable projection and transformer. The adapter declares an
 instance attribute of that name on ``model.textencoder``: it embeds the n*k descriptions with the
 original method in one call and aggregates them to ``[n, T', H]`` + bool mask. No parameter is
 added, ``state_dict`` keys stay the same, and loading a checkpoint before or after install works.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..errors import ActionGPTError
 from ..hookspecs import hookimpl
-from .base import Adapter, MethodDropIn, defining_class
+from .base import Adapter, InstanceAttribute, defining_class, unpatched
 
 METHOD = "get_last_hidden_state"
 
@@ -37,15 +37,20 @@ class TemosAdapter(Adapter):
     def matches(cls, model) -> bool:
         return cls.encoder_of(model) is not None
 
-    def __init__(self, model, ag):
-        super().__init__(model, ag)
-        self.encoder = self.encoder_of(model)
+    def bind(self):
+        self.encoder = self.encoder_of(self.model)
         if self.encoder is None:
-            raise ActionGPTError(f"{type(model).__name__} has no {self.package} DistilbertEncoderBase text encoder")
+            raise ActionGPTError(f"{type(self.model).__name__} has no {self.package} DistilbertEncoderBase text encoder")
         self.cls = self.base_class(self.encoder)
-        self.original = self.cls.__dict__[METHOD]  # the plain function
-        if getattr(self.original, "_actiongpt_adapter", None) is not None or METHOD in vars(self.encoder):
-            raise ActionGPTError(f"{METHOD} of this {type(self.encoder).__name__} is already replaced; uninstall first")
+
+    def declare(self):
+        # A plain instance attribute: not a parameter, buffer or submodule.
+        return [InstanceAttribute(self.encoder, METHOD)]
+
+    @property
+    def original(self):
+        """The upstream function (the class attribute, or what an ActionGPT class patch replaced)."""
+        return unpatched(self.cls.__dict__[METHOD])
 
     # The drop-in, for one encoder instance.
     def encode_for(self, encoder, texts, return_mask=False):
@@ -65,13 +70,6 @@ class TemosAdapter(Adapter):
     def embedding_source(self):
         encoder = self.encoder
         return (lambda d: self.original(encoder, d, return_mask=True)), encoder.text_model, tokenizer_tag(encoder)
-
-    def install(self):
-        # A plain instance attribute: not a parameter, buffer or submodule; deepcopy and pickle safe.
-        self.encoder.__dict__[METHOD] = MethodDropIn(self, self.encoder, METHOD)
-
-    def uninstall(self):
-        self.encoder.__dict__.pop(METHOD, None)
 
 
 def tokenizer_tag(encoder) -> str:
