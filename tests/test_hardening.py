@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fake_openai import Fault, FakeOpenAI
-from test_faults import stored, write_labels
+from test_faults import write_labels
 
 KEY = "sk-HARDEN-1c9e4f77a2"
 PASSWORD = "pw-in-url-93b1d0"

@@ -154,3 +154,9 @@ def test_configuration_doc_is_generated_from_the_schema():
     text = (ROOT / "docs" / "configuration.md").read_text()
     block = text.split("```yaml", 1)[1].split("```", 1)[0].lstrip("\n")
     assert block == reference_yaml()
+
+
+def test_samples_per_phrase_are_bounded():
+    with pytest.raises(ActionGPTError, match="asks for 192 samples per phrase; at most 128"):
+        load_config(k=64, **{"expand.oversample": 3.0})
+    assert load_config(k=64, **{"expand.oversample": 2.0}).k == 64

@@ -5,7 +5,6 @@ Times here are bounds that keep the file fast, not performance claims.
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from collections import Counter
 import pytest
 
 from fake_openai import FakeOpenAI
-from test_faults import K, label_of, paid, store_rows, stored, unique_content, write_labels
+from test_faults import K, paid, store_rows, stored, unique_content, write_labels
 
 FAST = ["--no-progress", "--set", "openai.backoff_base=0.01", "--set", "openai.backoff_max=0.05"]
 

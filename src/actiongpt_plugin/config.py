@@ -10,8 +10,9 @@ naming the key, never echoing the rejected value (it may be a key pasted into th
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +24,7 @@ from .errors import ActionGPTError, add_secret
 from .options import option
 
 CONFIG_ENV = "ACTIONGPT_CONFIG"
+MAX_SAMPLES = 128  # samples asked per phrase at most (OpenAI's n limit; packs check the same bound)
 MASK = "***"
 
 
@@ -98,8 +100,9 @@ def build_schema(sections: dict) -> type:
     for name, options in sections.items():
         if name in taken:
             raise ActionGPTError(f"config section {name!r} of a plugin clashes with a core config key")
-        extra.append((name, options, option(help=(options.__doc__ or "").strip().splitlines()[0]
-                                             if options.__doc__ else "", factory=options)))
+        doc = (options.__doc__ or "").strip()
+        summary = "" if not doc or doc.startswith(options.__name__ + "(") else doc.splitlines()[0]  # not the
+        extra.append((name, options, option(help=summary, factory=options)))  # signature dataclass writes
     return dataclasses.make_dataclass("Config", core + extra)
 
 
@@ -123,10 +126,6 @@ def walk_options(cls, prefix: str = ""):
 
 def secret_keys(cls) -> set:
     return {key for key, f, _ in walk_options(cls) if f.metadata.get("secret")}
-
-
-def _sections(cls) -> dict:
-    return {key: section for key, _, section in walk_options(cls) if section is not None}
 
 
 def _unknown(key: str, known: list) -> ActionGPTError:
@@ -261,6 +260,12 @@ def validate(cfg: DictConfig, cls=None) -> None:
                 raise ActionGPTError(f"bad value {value!r} for config key {key!r}: {_range_text(low, high)}")
 
 
+    samples = math.ceil(cfg.k * cfg.expand.oversample)
+    if samples > MAX_SAMPLES:
+        raise ActionGPTError(f"k={cfg.k} with expand.oversample={cfg.expand.oversample} asks for {samples} samples "
+                             f"per phrase; at most {MAX_SAMPLES} (the API's n limit)")
+
+
 def validate_choices(cfg: DictConfig) -> None:
     """Check the names that plugins provide (backend, template, aggregator) against the registry."""
     from .plugins import get_registry
@@ -273,31 +278,26 @@ def validate_choices(cfg: DictConfig) -> None:
     reg.aggregator(cfg.embedding.aggregator)
 
 
+def _replace_secrets(plain: dict, value) -> dict:
+    for key in secret_keys(schema()):
+        *parents, last = key.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part) or {}
+        if node.get(last):
+            node[last] = value
+    return plain
+
+
 def to_plain(cfg: DictConfig, secrets: bool = True) -> dict:
     """A plain nested dict of ``cfg`` (picklable, printable); secrets dropped unless ``secrets``."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    if not secrets:
-        for key in secret_keys(schema()):
-            *parents, last = key.split(".")
-            node = plain
-            for part in parents:
-                node = node.get(part) or {}
-            if node.get(last) is not None:
-                node[last] = None
-    return plain
+    return plain if secrets else _replace_secrets(plain, None)
 
 
 def masked(cfg: DictConfig) -> DictConfig:
     """A copy safe to print or store: secrets replaced by a mask."""
-    copy = OmegaConf.to_container(cfg, resolve=True)
-    for key in secret_keys(schema()):
-        *parents, last = key.split(".")
-        node = copy
-        for part in parents:
-            node = node.get(part) or {}
-        if node.get(last):
-            node[last] = MASK
-    return OmegaConf.create(copy)
+    return OmegaConf.create(_replace_secrets(OmegaConf.to_container(cfg, resolve=True), MASK))
 
 
 def settings(cfg: DictConfig):

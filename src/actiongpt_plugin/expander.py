@@ -240,7 +240,7 @@ class Expander:
         The count is checked first; the ``select_descriptions`` hook runs only when there are enough
         candidates, and once per set of candidates (a reranker embeds them: not again for nothing).
         """
-        s, wanted = self.settings, self.wanted
+        wanted = self.wanted
         if len(job.have) < wanted:
             job.chosen, job.short = None, f"only {len(job.have)} of {wanted} usable descriptions"
             return wanted - len(job.have)

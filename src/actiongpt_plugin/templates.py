@@ -6,7 +6,7 @@ completions / raw causal LMs and ``messages`` for chat APIs and chat templates.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .hookspecs import hookimpl
 
