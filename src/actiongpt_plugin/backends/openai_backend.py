@@ -149,7 +149,7 @@ class OpenAIBackend(Backend):
         self.endpoint = public_url(base_url or OFFICIAL_URL)
         self.official = self.endpoint == OFFICIAL_URL
         self._client_args = dict(api_key=key, base_url=base_url or OFFICIAL_URL, timeout=o.timeout, max_retries=0)
-        self.limiter = AdaptiveLimiter(self.concurrency, adaptive=self.adaptive)
+        self.limiter = AdaptiveLimiter(self.concurrency, adaptive=self.adaptive, timeout=self.timeout)
         self.ignores_n = False  # learnt from the first reply that had one choice where n > 1 were asked
         self._reached = False  # a request has succeeded: a refused connection is transient from then on
         self._model_lock = threading.Lock()
@@ -214,7 +214,7 @@ class OpenAIBackend(Backend):
             self._loop = loop
             self._client = openai.AsyncOpenAI(**self._client_args)
             if self.limiter.in_flight:  # slots held on a loop that is gone would never come back
-                self.limiter = AdaptiveLimiter(self.concurrency, adaptive=self.adaptive)
+                self.limiter = AdaptiveLimiter(self.concurrency, adaptive=self.adaptive, timeout=self.timeout)
         return self._client
 
     def request_body(self, request: Request, k: int, params: SamplingParams, seed_offset: int = 0) -> dict:
