@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import random
 import threading
 from pathlib import Path
@@ -67,7 +68,9 @@ class LlamaCppEngine(Backend):
                 except ImportError as exc:
                     raise FatalBackendError(f"embedded.engine=llamacpp needs llama-cpp-python ({exc}): pip install llama-cpp-python") from None
                 try:
-                    self._llm = llama_cpp.Llama(model_path=self.model, n_ctx=N_CTX, verbose=False)
+                    # Every core: its default here was one thread (2 threads: 78 vs 57 tokens/s).
+                    self._llm = llama_cpp.Llama(model_path=self.model, n_ctx=N_CTX, n_threads=os.cpu_count() or 1,
+                                                verbose=False)
                 except Exception as exc:
                     raise FatalBackendError(f"llama.cpp cannot load {self.model}: {str(exc).strip() or type(exc).__name__}") from None
         return self._llm
@@ -95,7 +98,7 @@ class LlamaCppEngine(Backend):
         if greedy:
             texts, reasons, completion_tokens = texts * k, reasons * k, completion_tokens * k
         return Completion(texts=texts, raw={"finish_reasons": reasons}, prompt_tokens=prompt_tokens,
-                          completion_tokens=completion_tokens, requests=1 if greedy else k)
+                          completion_tokens=completion_tokens, requests=1 if greedy else k, finish_reasons=reasons)
 
     async def complete(self, request: Request, k: int, params: SamplingParams) -> Completion:
         return await asyncio.to_thread(self.generate, request, k, params)

@@ -36,7 +36,7 @@ NO_KEY = "OpenAI backend needs an API key: set OPENAI_API_KEY or openai.api_key"
 OFFICIAL_URL = "https://api.openai.com/v1"
 OFFICIAL_DEFAULT_MODEL = "gpt-4o-mini"
 MODELS_TIMEOUT = 10.0  # seconds for GET /models when no model is given
-LONG_WAIT = 10.0  # a retry wait at least this long is announced on stderr
+LONG_WAIT = 10.0  # a retry wait at least this long (or cut short by max_wait) is announced on stderr
 
 
 log = logging.getLogger("actiongpt")
@@ -332,7 +332,7 @@ class OpenAIBackend(Backend):
         capped = delay > self.max_wait
         delay = min(delay, self.max_wait)
         now = time.monotonic()
-        if delay >= LONG_WAIT and now >= self._quiet_until:
+        if (delay >= LONG_WAIT or capped) and now >= self._quiet_until:
             self._quiet_until = now + delay
             asked = f"; the server asked for {wait:.0f} s, capped by openai.max_wait" if capped and wait else ""
             log.warning("%s from %s: waiting %.0f s before retrying%s", self._redact(reason), self.endpoint, delay, asked)
