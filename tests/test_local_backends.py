@@ -6,6 +6,8 @@ import asyncio
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -224,6 +226,44 @@ def test_expander_with_the_transformers_backend(tiny_dir, tmp_path):
     with Expander(cfg) as ex:
         again = ex.run(phrases)
     assert again.stats.cache_hits == 3 and again.descriptions == first.descriptions
+
+
+def test_finish_reasons_reported_per_sample(tiny):
+    [c] = run(tiny, requests(["jump"]), 3, SamplingParams(temperature=1.0, max_tokens=6, seed=0))
+    assert len(c.finish_reasons) == 3 and set(c.finish_reasons) <= {"stop", "length"}
+    assert c.finish_reasons == c.raw["finish_reasons"]
+
+
+# Records OMP_WAIT_POLICY at the moment torch is first imported, then runs the CLI.
+_TORCH_IMPORT_PROBE = """
+import importlib.abc, os, sys
+seen = {}
+class Probe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "torch" not in seen:
+            seen["torch"] = os.environ.get("OMP_WAIT_POLICY")
+        return None
+sys.meta_path.insert(0, Probe())
+from actiongpt_plugin.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    print("OMP_WAIT_POLICY at torch import:", seen.get("torch", "torch never imported"), file=sys.stderr)
+"""
+
+
+def test_transformers_engine_gets_passive_openmp_even_with_llama_cpp_installed(tiny_dir, tmp_path):
+    # A stand-in llama_cpp package: "installed" is all that matters here, nothing imports it.
+    (tmp_path / "site" / "llama_cpp").mkdir(parents=True)
+    (tmp_path / "site" / "llama_cpp" / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(ACTIONGPT_HOME=str(tmp_path / "home"), ACTIONGPT_DISABLE_EXTERNAL_PLUGINS="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _TORCH_IMPORT_PROBE, "expand", "jump", "--backend", "transformers",
+                           "--model", str(tiny_dir), "-k", "1", "--set", "sampling.max_tokens=4",
+                           "--set", "expand.min_words=1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert "OMP_WAIT_POLICY at torch import: PASSIVE" in proc.stderr, proc.stderr
 
 
 # -- embedded backend ----------------------------------------------------------------------------
