@@ -6,9 +6,10 @@ Two engines run it. llama.cpp (`llama-cpp-python`, a compiled extra) loads in 0.
 in ~2 s) and batches prompts. `embedded.engine=auto` takes llama.cpp when it is installed.
 
 OMP_WAIT_POLICY=PASSIVE: the transformers engine asks for it (unless already set) through
-transformers_backend.import_torch, which can only work if torch is not imported yet; once the
-plugins are loaded it is (aggregators import torch), so the CLI sets it at start-up. llama.cpp is
-~25% slower with it, so the llama.cpp engine leaves the environment alone.
+transformers_backend.import_torch, right before torch is first imported; nothing on the way there
+imports torch (plugins import it lazily), so it takes effect whether or not llama-cpp-python is
+installed (tests/test_local_backends.py checks it). llama.cpp is ~25% slower with it, so the
+llama.cpp engine leaves the environment alone.
 """
 from __future__ import annotations
 
