@@ -43,9 +43,9 @@ class ServerProcess:
     """benchmarks/fake_server.py in a child process, so its threads do not share the client's GIL
     (a real API server is another machine). Counts come back over the child's stdin/stdout."""
 
-    def __init__(self, latency: float):
+    def __init__(self, latency: float, *options: str):
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "fake_server.py"), "--latency", str(latency)],
+            [sys.executable, str(HERE / "fake_server.py"), "--latency", str(latency), *options],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline().strip()

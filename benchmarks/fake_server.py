@@ -5,6 +5,9 @@ per prompt and usage for all of them (the release sent its prompt k times in one
 socket sends headers and body without waiting on Nagle's algorithm (production servers set
 TCP_NODELAY; without it every reply can stall ~40 ms on delayed ACKs and flatter no one).
 
+``--serial`` answers one request at a time (llama.cpp's server; see tests/fake_openai.py), and
+``stats`` then also reports how many answers it computed for clients that had already given up.
+
 Prints ``OPENAI_BASE_URL=...``, then answers one JSON line per stdin line: ``stats`` or ``reset``.
 """
 from __future__ import annotations
@@ -46,6 +49,7 @@ def stats(server: ReleaseAwareFake) -> dict:
     with server._lock:
         records = [r for r in server.requests if r["path"].endswith("completions")]
         max_in_flight = server.max_in_flight
+        served, abandoned, in_flight = server.served, server.abandoned, server.in_flight
     prompt_words = 0
     prompts = []
     for r in records:
@@ -59,14 +63,16 @@ def stats(server: ReleaseAwareFake) -> dict:
             prompt_words += sum(_words(x) for x in p)
             prompts.append(p[0] if p else "")
     return {"requests": len(records), "prompt_words": prompt_words, "distinct_prompts": len(set(prompts)),
-            "max_in_flight": max_in_flight}
+            "max_in_flight": max_in_flight, "served": served, "abandoned": abandoned,
+            "in_flight": in_flight}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--serial", action="store_true", help="one request at a time; the others queue")
     args = parser.parse_args()
-    with ReleaseAwareFake(latency=args.latency) as server:
+    with ReleaseAwareFake(latency=args.latency, serial=args.serial) as server:
         print(f"OPENAI_BASE_URL={server.base_url}", flush=True)
         for line in sys.stdin:
             command = line.strip()

@@ -17,19 +17,37 @@ its lines are then answered like live requests, with ``on_batch_line(line)`` cho
 line: "status" goes to the error file, "drop" leaves the line unanswered (the batch then expires),
 "empty"/"fewer"/"no_choices" shape the reply. Batch and file calls are recorded with a "method".
 
+Modes that reproduce real local servers:
+- ``serial=True``: ONE request at a time, first come first served (llama.cpp's server, Ollama):
+  each completion request waits in a global queue, then occupies the server for ``latency``
+  seconds, even when its client has already given up (the answer then goes into a closed socket
+  and is counted in ``abandoned``);
+- ``ignore_n=True``: always one choice, whatever ``n`` asked for;
+- ``seeded=True``: a choice's text depends only on the prompt and the request's ``seed`` (with no
+  seed, on a fresh random draw), as a sampling server's does: equal seeds give equal answers;
+- ``models=[...]``: what GET /v1/models lists (default: ``[model]``);
+- ``finish_reason``: what every choice reports ("stop"; "length" for an answer cut by max_tokens).
+``Fault.http(429, retry_after=600)`` is a long Retry-After, ``retry_after_date=True`` sends it as an
+HTTP date; ``closed_port_url()`` is a URL where nothing listens (connection refused).
+
 Run as a script for manual tries: ``python tests/fake_openai.py --port 0 --latency 0.2``.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import itertools
 import json
+import random
 import re
+import select
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from email.parser import BytesParser
+from email.utils import formatdate
 from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -58,13 +76,15 @@ class Fault:
     status: int = 500
     retry_after: float | None = None  # seconds, sent as Retry-After
     retry_after_ms: float | None = None  # sent as retry-after-ms
+    retry_after_date: bool = False  # send Retry-After as an HTTP date that far in the future
     seconds: float = 5.0
     choices: int = 1
     message: str | None = None  # the error body's message for "status"
 
     @classmethod
-    def http(cls, status: int, retry_after=None, retry_after_ms=None, message=None) -> "Fault":
-        return cls("status", status=status, retry_after=retry_after, retry_after_ms=retry_after_ms, message=message)
+    def http(cls, status: int, retry_after=None, retry_after_ms=None, message=None, retry_after_date=False) -> "Fault":
+        return cls("status", status=status, retry_after=retry_after, retry_after_ms=retry_after_ms, message=message,
+                   retry_after_date=retry_after_date)
 
     @classmethod
     def parse(cls, spec) -> "Fault":
@@ -99,6 +119,22 @@ def default_content(path: str, body: dict, index: int) -> str:
     return f"The person {MOVES[index % len(MOVES)]} and moves the whole body to {phrase} (sample {index})."
 
 
+def seeded_content(path: str, body: dict, index: int) -> str:
+    """Deterministic in the prompt and the request's seed; a random draw when no seed is given."""
+    seed = body.get("seed")
+    draw = random.randrange(10**9) if seed is None else int(seed) * 1000 + index
+    phrase = phrase_of(_prompt_text(path, body))
+    return f"The person {MOVES[draw % len(MOVES)]} and moves the whole body to {phrase} (draw {draw})."
+
+
+def closed_port_url() -> str:
+    """A base URL on 127.0.0.1 where nothing listens: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
 def _words(text: str) -> int:
     return len(str(text).split())
 
@@ -111,7 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet: tests read the records instead
         pass
 
-    def _send(self, status: int, payload, headers: dict | None = None, content_type="application/json") -> None:
+    def _send(self, status: int, payload, headers: dict | None = None, content_type="application/json") -> bool:
+        """Whether the reply reached the client (False: it had hung up, e.g. after its timeout)."""
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
             self.send_response(status)
@@ -121,13 +158,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data)
+            self.wfile.flush()
+            return True
         except OSError:  # the client gave up (timeout): nothing to do
             self.close_connection = True
+            return False
+
+    def _client_gone(self) -> bool:
+        """Whether the client hung up while we worked (it timed out): readable with nothing to read."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def do_GET(self):
         if self.path.rstrip("/").endswith("/models"):
             fake = self.server.fake
-            self._send(200, {"object": "list", "data": [{"id": fake.model, "object": "model", "owned_by": "fake"}]})
+            models = fake.models if fake.models is not None else [fake.model]
+            self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"} for m in models]})
         elif self.path.startswith(("/v1/files", "/v1/batches")):
             self._batch_api("GET", b"")
         else:
@@ -148,9 +197,19 @@ class _Handler(BaseHTTPRequestHandler):
         record = {"path": path, "body": body, "headers": headers, "time": time.monotonic()}
         fault = fake._begin(record, self.headers.get("Authorization"))
         try:
-            if fake.latency:
+            if fake.serial and path.endswith("completions"):
+                with fake._serving():  # queued, then the server is this request's alone
+                    if fake.latency:
+                        fake._stopping.wait(fake.latency)
+                    fake.served += 1
+            elif fake.latency:
                 fake._stopping.wait(fake.latency)
-            self._reply(fake, path, body, fault)
+            if path.endswith("completions") and (self._client_gone() or not self._reply(fake, path, body, fault)):
+                with fake._lock:
+                    fake.abandoned += 1
+                self.close_connection = True
+            elif not path.endswith("completions"):
+                self._reply(fake, path, body, fault)
         finally:
             fake._end()
 
@@ -163,20 +222,20 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "status":
                 headers = {}
                 if fault.retry_after is not None:
-                    headers["Retry-After"] = str(fault.retry_after)
+                    headers["Retry-After"] = (formatdate(time.time() + fault.retry_after, usegmt=True)
+                                              if fault.retry_after_date else str(fault.retry_after))
                 if fault.retry_after_ms is not None:
                     headers["retry-after-ms"] = str(fault.retry_after_ms)
                 message = fault.message or f"fake error {fault.status}"
                 return self._send(fault.status, _error(message, "fake_error"), headers)
             if fault.kind == "drop":
                 self.close_connection = True
-                return
+                return True  # not the client's doing
             if fault.kind == "timeout":
                 fake._stopping.wait(fault.seconds)
             elif fault.kind == "malformed":
                 return self._send(200, b'{"id": "chatcmpl-broken", "choices": [')
-        self._send(200, fake.reply(path, body, fault))
-
+        return self._send(200, fake.reply(path, body, fault))
 
     def _batch_api(self, method: str, raw: bytes) -> None:
         fake = self.server.fake
@@ -206,11 +265,21 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeOpenAI:
-    def __init__(self, latency: float = 0.0, model: str = DEFAULT_MODEL, content=None, host="127.0.0.1", port=0):
+    def __init__(self, latency: float = 0.0, model: str = DEFAULT_MODEL, content=None, host="127.0.0.1", port=0,
+                 serial: bool = False, ignore_n: bool = False, seeded: bool = False, models=None):
         self.latency = latency
         self.model = model
+        self.models = models  # GET /v1/models lists these (None: just ``model``)
         # content(path, body, index) -> str; the reply text of choice ``index``
-        self.content = content or default_content
+        self.content = content or (seeded_content if seeded else default_content)
+        self.serial = serial
+        self.ignore_n = ignore_n
+        self.finish_reason = "stop"
+        self.served = 0  # completion requests the serial server computed
+        self.abandoned = 0  # replies that found the client gone (it had timed out)
+        self._queue = threading.Condition()
+        self._tickets = itertools.count()
+        self._now_serving = 0
         # on_request(record) -> Fault | str | int | None, consulted when the fault queue is empty
         self.on_request = None
         self.faults: collections.deque[Fault] = collections.deque()
@@ -278,6 +347,7 @@ class FakeOpenAI:
             self.batch_lines.clear()
             self.faults.clear()
             self.max_in_flight = self.in_flight
+            self.served = self.abandoned = 0
 
     def _begin(self, record: dict, authorization: str | None) -> Fault | None:
         with self._lock:
@@ -297,9 +367,23 @@ class FakeOpenAI:
         with self._lock:
             self.in_flight -= 1
 
+    @contextlib.contextmanager
+    def _serving(self):
+        """First come, first served: one request at a time (serial mode)."""
+        with self._queue:
+            ticket = next(self._tickets)
+            while ticket != self._now_serving and not self._stopping.is_set():
+                self._queue.wait(0.5)
+        try:
+            yield
+        finally:
+            with self._queue:
+                self._now_serving += 1
+                self._queue.notify_all()
+
     # replies
     def reply(self, path: str, body: dict, fault: Fault | None = None) -> dict:
-        n = int(body.get("n") or 1)
+        n = 1 if self.ignore_n else int(body.get("n") or 1)
         if fault is not None and fault.kind == "fewer":
             n = min(n, fault.choices)
         texts = ["" if fault is not None and fault.kind == "empty" else self.content(path, body, i) for i in range(n)]
@@ -307,12 +391,14 @@ class FakeOpenAI:
         if chat:
             prompt_words = sum(_words(m.get("content") or "") for m in body.get("messages", []))
             choices = [
-                {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": "stop"}
+                {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
+                 "finish_reason": self.finish_reason}
                 for i, t in enumerate(texts)
             ]
         else:
             prompt_words = _words(_prompt_text(path, body))
-            choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": "stop"} for i, t in enumerate(texts)]
+            choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": self.finish_reason}
+                       for i, t in enumerate(texts)]
         completion_words = sum(_words(t) for t in texts)
         reply = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-fake{next(self._ids)}",
@@ -501,8 +587,12 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--serial", action="store_true", help="one request at a time, the rest queued (llama.cpp)")
+    parser.add_argument("--ignore-n", action="store_true", help="always one choice, whatever n asks for")
+    parser.add_argument("--seeded", action="store_true", help="answers depend only on the prompt and the seed")
     args = parser.parse_args(argv)
-    with FakeOpenAI(latency=args.latency, model=args.model, host=args.host, port=args.port) as server:
+    with FakeOpenAI(latency=args.latency, model=args.model, host=args.host, port=args.port, serial=args.serial,
+                    ignore_n=args.ignore_n, seeded=args.seeded) as server:
         print(f"OPENAI_BASE_URL={server.base_url}", flush=True)
         try:
             while True:

@@ -19,7 +19,7 @@ KEY = "sk-batch-secret-4242"
 
 @pytest.fixture
 def server():
-    with FakeOpenAI() as s:
+    with FakeOpenAI(model="gpt-4o-mini") as s:  # no model configured: the backend asks the server (GET /models)
         yield s
 
 

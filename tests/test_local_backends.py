@@ -6,6 +6,8 @@ import asyncio
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -207,9 +209,17 @@ def test_unwritable_cache_still_loads_the_gguf_model(tiny_dir, tmp_path, monkeyp
     assert run(TransformersBackend(gguf), requests(["jump"]), 1, GREEDY)[0].texts
 
 
-def test_expander_with_the_transformers_backend(tiny_dir, tmp_path):
+@pytest.fixture(scope="module")
+def fluent_dir(tmp_path_factory):
+    """The tiny model after a few seconds of training: its samples end a sentence and stop, so cleaning
+    keeps them (a random model is cut off by max_tokens mid-sentence, and cleaning rejects that)."""
+    return build_tiny_lm(tmp_path_factory.mktemp("fluent") / "lm", train_steps=200)
+
+
+def test_expander_with_the_transformers_backend(fluent_dir, tmp_path):
     from actiongpt_plugin.expander import Expander
 
+    tiny_dir = fluent_dir
     cfg = load_config(backend="transformers", k=3, **{
         "transformers.model": str(tiny_dir), "transformers.batch_size": 2, "store.path": str(tmp_path / "s.sqlite"),
         "sampling.temperature": 1.0, "sampling.max_tokens": 24, "sampling.seed": 0,
@@ -224,6 +234,44 @@ def test_expander_with_the_transformers_backend(tiny_dir, tmp_path):
     with Expander(cfg) as ex:
         again = ex.run(phrases)
     assert again.stats.cache_hits == 3 and again.descriptions == first.descriptions
+
+
+def test_finish_reasons_reported_per_sample(tiny):
+    [c] = run(tiny, requests(["jump"]), 3, SamplingParams(temperature=1.0, max_tokens=6, seed=0))
+    assert len(c.finish_reasons) == 3 and set(c.finish_reasons) <= {"stop", "length"}
+    assert c.finish_reasons == c.raw["finish_reasons"]
+
+
+# Records OMP_WAIT_POLICY at the moment torch is first imported, then runs the CLI.
+_TORCH_IMPORT_PROBE = """
+import importlib.abc, os, sys
+seen = {}
+class Probe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "torch" not in seen:
+            seen["torch"] = os.environ.get("OMP_WAIT_POLICY")
+        return None
+sys.meta_path.insert(0, Probe())
+from actiongpt_plugin.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    print("OMP_WAIT_POLICY at torch import:", seen.get("torch", "torch never imported"), file=sys.stderr)
+"""
+
+
+def test_transformers_engine_gets_passive_openmp_even_with_llama_cpp_installed(tiny_dir, tmp_path):
+    # A stand-in llama_cpp package: "installed" is all that matters here, nothing imports it.
+    (tmp_path / "site" / "llama_cpp").mkdir(parents=True)
+    (tmp_path / "site" / "llama_cpp" / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(ACTIONGPT_HOME=str(tmp_path / "home"), ACTIONGPT_DISABLE_EXTERNAL_PLUGINS="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _TORCH_IMPORT_PROBE, "expand", "jump", "--backend", "transformers",
+                           "--model", str(tiny_dir), "-k", "1", "--set", "sampling.max_tokens=4",
+                           "--set", "expand.min_words=1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert "OMP_WAIT_POLICY at torch import: PASSIVE" in proc.stderr, proc.stderr
 
 
 # -- embedded backend ----------------------------------------------------------------------------

@@ -51,8 +51,34 @@ def build_tokenizer(vocab_size: int = 400, chat_template: bool = True, pad_token
     return fast
 
 
-def build_tiny_lm(path, *, chat_template: bool = True, pad_token: bool = True, seed: int = 0) -> Path:
-    """Save a tiny random Llama and its tokenizer into ``path``; returns the path."""
+def _teach_sentences(model, tokenizer, steps: int) -> None:
+    """A few hundred optimiser steps on SENTENCES, each answer ended by EOS: the model then writes
+    sentence-like text that ends (a random one is cut off by max_tokens mid-word, which cleaning rejects)."""
+    import torch
+
+    from actiongpt_plugin.templates import RELEASE
+
+    answers = ["A person jumps forward.", "The man kicks with the right leg.", "Someone walks slowly in a circle.",
+               "She waves the right hand.", "The person sits down on a chair."]
+    prompts = [RELEASE.render(p).as_messages() for p in ("jump", "kick", "walk in a circle", "wave", "sit down")]
+    rows = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) + answer + tokenizer.eos_token
+            for m, answer in zip(prompts, answers)]
+    batch = tokenizer(rows, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        optimiser.zero_grad()
+        model(**batch, labels=labels).loss.backward()
+        optimiser.step()
+    model.eval()
+
+
+def build_tiny_lm(path, *, chat_template: bool = True, pad_token: bool = True, seed: int = 0,
+                  train_steps: int = 0) -> Path:
+    """Save a tiny Llama and its tokenizer into ``path``; returns the path.
+
+    Random weights, unless ``train_steps``: then it has learnt to write a sentence and stop."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -67,6 +93,8 @@ def build_tiny_lm(path, *, chat_template: bool = True, pad_token: bool = True, s
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
+    if train_steps:
+        _teach_sentences(model, tokenizer, train_steps)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )

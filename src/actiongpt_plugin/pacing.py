@@ -6,12 +6,14 @@ their retries queue again. A server that scales (OpenAI, vLLM) wants all 32 at o
 learns which it faces from what every attempt tells it:
 
 - base latency: the fastest reply seen (a request that did not wait in the server's queue);
-- a reply near the base: the server has room; the window grows fast (+GROWTH per reply, about x3
-  per round trip, so a scaling server reaches the ceiling in two round trips from START);
-- a reply much slower than the base while several were in flight: the server queues; the window
-  shrinks (x LATENCY_BACKOFF);
+- a reply near the base although others were in flight: the server has room; until the first sign
+  of congestion the window grows fast (+GROWTH per reply, about x3 per round trip, so a scaling
+  server reaches the ceiling in two or three round trips from START), as TCP's slow start;
+- a reply much slower than the base, or one that took a good part of the client's timeout, while
+  several were in flight: the server queues; the window shrinks (x LATENCY_BACKOFF) before the
+  queue grows long enough for requests to time out;
 - a timeout, 429 or 503: overload; the window halves;
-- otherwise: additive increase (+1 per round trip).
+- otherwise, and after the first sign of congestion: additive increase (+1 per round trip).
 
 At most one decrease per congestion episode: replies to requests sent before the last decrease
 carry old news and cannot shrink the window again. A request waits for a slot before every
@@ -29,6 +31,7 @@ START = 4  # first window: moderate, safe for a server that queues, and grows fa
 GROWTH = 2.0  # window increase per reply near the base latency
 NEAR_BASE = 1.5  # a reply within this factor of the base latency did not wait in a queue
 QUEUED = 3.0  # a reply this many times the base latency (with others in flight) waited in a queue
+NEAR_TIMEOUT = 0.4  # ... and so did one that took this share of the client's timeout
 LATENCY_BACKOFF = 0.75
 OVERLOAD_BACKOFF = 0.5
 
@@ -43,11 +46,13 @@ class Slot:
 class AdaptiveLimiter:
     """A congestion window between 1 and ``ceiling``; fixed at ``ceiling`` when not ``adaptive``."""
 
-    def __init__(self, ceiling: int, adaptive: bool = True, start: int = START):
+    def __init__(self, ceiling: int, adaptive: bool = True, start: int = START, timeout: float | None = None):
         self.ceiling = max(1, int(ceiling))
+        self.timeout = timeout  # the client's, per request: replies near it mean a queue about to overflow
         self.adaptive = adaptive
         self.window = float(min(start, self.ceiling) if adaptive else self.ceiling)
         self.base_latency: float | None = None
+        self.fast_growth = adaptive  # slow start: off from the first sign of congestion on
         self.in_flight = 0
         self.max_in_flight = 0
         self.decreases = 0
@@ -118,9 +123,10 @@ class AdaptiveLimiter:
         if self.base_latency is None or latency < self.base_latency:
             self.base_latency = latency
         ratio = latency / max(self.base_latency, 1e-6)
-        if ratio >= QUEUED and slot.in_flight > 1:
+        near_timeout = self.timeout is not None and latency >= NEAR_TIMEOUT * self.timeout
+        if (ratio >= QUEUED or near_timeout) and slot.in_flight > 1:
             self._decrease(slot, LATENCY_BACKOFF)
-        elif ratio <= NEAR_BASE:
+        elif ratio <= NEAR_BASE and self.fast_growth and slot.in_flight > 1:
             self.window = min(self.ceiling, self.window + GROWTH)
         else:
             self.window = min(self.ceiling, self.window + 1.0 / self.window)
@@ -130,6 +136,7 @@ class AdaptiveLimiter:
             return  # sent before the last decrease: this congestion was already answered
         self._episode += 1
         self.decreases += 1
+        self.fast_growth = False
         self.window = max(1.0, self.window * factor)
 
     def state(self) -> dict:

@@ -37,7 +37,7 @@ NO_KEY = "OpenAI backend needs an API key: set OPENAI_API_KEY or openai.api_key"
 OFFICIAL_URL = "https://api.openai.com/v1"
 OFFICIAL_DEFAULT_MODEL = "gpt-4o-mini"
 MODELS_TIMEOUT = 10.0  # seconds for GET /models when no model is given
-LONG_WAIT = 10.0  # a retry wait at least this long is announced on stderr
+LONG_WAIT = 10.0  # a retry wait at least this long (or cut short by max_wait) is announced on stderr
 
 
 log = logging.getLogger("actiongpt")
@@ -152,7 +152,7 @@ class OpenAIBackend(Backend):
         self.endpoint = public_url(base_url or OFFICIAL_URL)
         self.official = self.endpoint == OFFICIAL_URL
         self._client_args = dict(api_key=key, base_url=base_url or OFFICIAL_URL, timeout=o.timeout, max_retries=0)
-        self.limiter = AdaptiveLimiter(self.concurrency, adaptive=self.adaptive)
+        self.limiter = AdaptiveLimiter(self.concurrency, adaptive=self.adaptive, timeout=self.timeout)
         self.ignores_n = False  # learnt from the first reply that had one choice where n > 1 were asked
         self._reached = False  # a request has succeeded: a refused connection is transient from then on
         self._model_lock = threading.Lock()
@@ -224,7 +224,7 @@ class OpenAIBackend(Backend):
             self._loop = loop
             self._client = openai.AsyncOpenAI(**self._client_args)
             if self.limiter.in_flight:  # slots held on a loop that is gone would never come back
-                self.limiter = AdaptiveLimiter(self.concurrency, adaptive=self.adaptive)
+                self.limiter = AdaptiveLimiter(self.concurrency, adaptive=self.adaptive, timeout=self.timeout)
         return self._client
 
     def request_body(self, request: Request, k: int, params: SamplingParams, seed_offset: int = 0) -> dict:
@@ -342,7 +342,7 @@ class OpenAIBackend(Backend):
         capped = delay > self.max_wait
         delay = min(delay, self.max_wait)
         now = time.monotonic()
-        if delay >= LONG_WAIT and now >= self._quiet_until:
+        if (delay >= LONG_WAIT or capped) and now >= self._quiet_until:
             self._quiet_until = now + delay
             asked = f"; the server asked for {wait:.0f} s, capped by openai.max_wait" if capped and wait else ""
             log.warning("%s from %s: waiting %.0f s before retrying%s", self._redact(reason), self.endpoint, delay, asked)

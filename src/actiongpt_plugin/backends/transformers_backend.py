@@ -229,6 +229,7 @@ class TransformersBackend(Backend):
             completions.append(Completion(
                 texts=texts,
                 raw={"finish_reasons": reasons},
+                finish_reasons=reasons,
                 prompt_tokens=int(enc["attention_mask"][i].sum()),
                 completion_tokens=used,
                 requests=1 if i == 0 else 0,  # one generate() call serves the whole batch
