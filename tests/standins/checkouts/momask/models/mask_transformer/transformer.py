@@ -1,0 +1,2 @@
+"""Stand-in for MoMask's models/mask_transformer/transformer.py: the two text-conditioned transformers."""
+from standins.momask import MaskTransformer, ResidualTransformer  # noqa: F401
