@@ -5,6 +5,7 @@ the first label, which must be ActionGPT's: the mean of that label's pack descri
 model's own frozen text path (and not the plain label's). Hydra launchers need hydra-core (the
 ``test`` extra). With ACTIONGPT_UPSTREAM_TEMOS / _TEACH set, the TEMOS/TEACH launchers are also
 checked against the real checkout's hydra entry point (``--cfg job``: config composition only).
+MotionCLIP's, MDM's, T2M-GPT's and MoMask's launchers use runpy the same way, without hydra.
 """
 import json
 import os
@@ -28,7 +29,8 @@ from standins.checkouts import LABELS  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 CHECKOUTS = Path(__file__).resolve().parent / "standins" / "checkouts"
-PAGES = {"temos.md": "temos", "teach.md": "teach", "mdm.md": "mdm", "t2mgpt.md": "t2mgpt", "momask.md": "momask"}
+PAGES = {"temos.md": "temos", "teach.md": "teach", "motionclip.md": "motionclip", "mdm.md": "mdm",
+         "t2mgpt.md": "t2mgpt", "momask.md": "momask"}
 HYDRA = {"temos", "teach"}
 MARKER = re.compile(r"^# runs: python (\S+)(.*)$", re.M)
 # Four short descriptions per label (within MDM's 20 CLIP tokens: every model reads them whole).
@@ -103,6 +105,11 @@ def expected_features(checkout, root):
 
         mdm = make_mdm()
         return 1, mdm.clip_encode_text(descriptions)[0].mean(0), mdm.clip_encode_text(LABELS[:1])[0]
+    if checkout == "motionclip":
+        from standins.motionclip import make_motionclip
+
+        real = make_motionclip().clip_model
+        return 1, real.encode_text(clip.tokenize(descriptions, truncate=True)).mean(0), real.encode_text(clip.tokenize(LABELS[:1]))[0]
     if checkout == "momask":
         from standins.momask import make_momask
 

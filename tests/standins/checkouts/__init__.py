@@ -1,7 +1,8 @@
 """Stand-in upstream checkouts: the file layout and entry points the docs' launchers rely on.
 
 Each folder is laid out like the upstream repository root (TEMOS/TEACH: ``train.py`` with its hydra
-entry point and ``configs/``; MDM: ``utils/model_util.py`` and ``train/train_mdm.py``; T2M-GPT:
+entry point and ``configs/``; MotionCLIP: ``src/utils/get_model_and_data.py`` and
+``src/train/train.py``; MDM: ``utils/model_util.py`` and ``train/train_mdm.py``; T2M-GPT:
 ``train_t2m_trans.py`` and a module-level ``clip``; MoMask: ``models/mask_transformer/transformer.py``
 and ``train_t2m_transformer.py``). The scripts drive the stand-in models for a few steps and end with
 ``report(...)``: one line with the text features the model used for the first label, which
