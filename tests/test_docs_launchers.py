@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 pytest.importorskip("transformers")
 from standins import require_clip_vocabulary, tiny_distilbert  # noqa: E402
@@ -156,3 +157,42 @@ def test_hydra_launcher_finds_the_real_checkouts_configs(name, tmp_path):
     (root / launcher).write_text(block)
     out = run(root, [launcher, *args, "--cfg", "job"], tmp_path)
     assert "model:" in out
+
+
+class MyModel(nn.Module):
+    """The model of docs/adapters.md's "Writing an adapter" example: a frozen text model and encode_text."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.text_model = nn.Linear(3, 4).requires_grad_(False)
+
+    def encode_text(self, texts):
+        return self.text_model(torch.tensor([[len(t), t.count(" "), 1.0] for t in texts]))
+
+
+def test_the_adapter_writing_example_works(monkeypatch):
+    import pickle
+    import types
+
+    from actiongpt_plugin import ActionGPT
+    from actiongpt_plugin.plugins import register_plugin, unregister_plugin
+    from standins import ScriptedExpander
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (DOCS / "adapters.md").read_text(), re.S)
+                 if "class MyModelAdapter" in b)
+    plugin = types.ModuleType("docs_mymodel_adapter")
+    exec(compile(block, "docs/adapters.md", "exec"), plugin.__dict__)
+    monkeypatch.setitem(sys.modules, plugin.__name__, plugin)  # picklable, as an installed plugin is
+    register_plugin(plugin, name="docs-mymodel")
+    try:
+        model, exp = MyModel(), ScriptedExpander()
+        base = model.encode_text(["jump"])
+        with ActionGPT(model, expander=exp) as ag:
+            assert ag.adapter.name == "mymodel"
+            out = model.encode_text(["jump"])
+            copy = pickle.loads(pickle.dumps(model))
+        assert torch.allclose(out[0], MyModel.encode_text(model, exp.describe("jump")).mean(0))
+        assert torch.allclose(copy.encode_text(["jump"]), out) and torch.equal(model.encode_text(["jump"]), base)
+    finally:
+        unregister_plugin("docs-mymodel")
