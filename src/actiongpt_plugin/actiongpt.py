@@ -7,7 +7,10 @@
 
 Each phrase is replaced by k descriptions, embedded by the model's own frozen text model (through
 the adapter that fits the model) and aggregated (``embedding.aggregator``). Results are cached per
-text-model weights and descriptions, so a warm cache never runs the text model for known phrases.
+text-model weights and descriptions (in memory, and on disk with ``embedding.persist``), so a warm
+cache never runs the text model for known phrases. An installed model pickled into another process
+(spawned DDP workers) carries its ActionGPT (``__getstate__``); the drop-ins run outside
+torch.compile graphs (``eager``).
 """
 from __future__ import annotations
 
