@@ -222,3 +222,33 @@ def test_two_rank_ddp_trains_through_actiongpt_with_one_shared_pack_and_disk_cac
     assert second.text_model_calls == 0 and second.persistent.hits == 4
     second.close()
     ag.close()
+
+
+def real_teach_child(rank, encoder, ag, expected):
+    from teach.model.textencoder.distilbert import DistilbertEncoderBase
+
+    assert DistilbertEncoderBase.__dict__["get_last_hidden_state"]._actiongpt_adapter is ag.adapter
+    assert torch.allclose(encoder.get_last_hidden_state(LABELS), expected, atol=1e-5)
+
+
+@pytest.mark.upstream
+def test_real_teach_class_patch_in_a_spawned_worker(tmp_path, monkeypatch):
+    """Opt-in (ACTIONGPT_UPSTREAM_TEACH, with pytorch_lightning and hydra-core): TEACH's own class."""
+    path = os.environ.get("ACTIONGPT_UPSTREAM_TEACH")
+    if not path:
+        pytest.skip("set ACTIONGPT_UPSTREAM_TEACH to a checkout to run this test")
+    pytest.importorskip("pytorch_lightning")
+    hydra_utils = pytest.importorskip("hydra.utils")
+    monkeypatch.syspath_prepend(path)  # spawned workers get the parent's sys.path
+    from teach.model.textencoder.distilbert import DistilbertEncoderBase
+    from teach.model.textencoder.text_hist import TextHist
+
+    tiny_distilbert(tmp_path / "deps" / "distilbert-base-uncased")
+    monkeypatch.setattr(hydra_utils, "get_original_cwd", lambda: str(tmp_path))
+    torch.manual_seed(0)
+    encoder = TextHist("/elsewhere/deps/distilbert-base-uncased", nfeats=6, latent_dim=16, ff_size=32, num_layers=1,
+                       num_heads=2, dropout=0.0).eval()
+    with ActionGPT(encoder, expander=ScriptedExpander()) as ag:
+        expected = encoder.get_last_hidden_state(LABELS)
+        run_spawned(real_teach_child, (encoder, ag, expected), nprocs=1)
+    assert "_actiongpt_adapter" not in vars(DistilbertEncoderBase.__dict__["get_last_hidden_state"])
