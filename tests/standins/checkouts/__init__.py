@@ -8,8 +8,6 @@ and ``train_t2m_transformer.py``). The scripts drive the stand-in models for a f
 ``report(...)``: one line with the text features the model used for the first label, which
 tests/test_docs_launchers.py checks against a hand computation. No upstream code is copied.
 """
-import torch
-
 LABELS = ["jump", "walk forward", "wave", "sit down"]
 
 

@@ -1,2 +1,4 @@
 """Stand-in for MoMask's models/mask_transformer/transformer.py: the two text-conditioned transformers."""
-from standins.momask import MaskTransformer, ResidualTransformer  # noqa: F401
+from standins.momask import MaskTransformer, ResidualTransformer
+
+__all__ = ["MaskTransformer", "ResidualTransformer"]
