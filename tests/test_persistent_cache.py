@@ -132,3 +132,12 @@ def test_several_processes_write_at_once(tmp_path):
     got = store.get_many([("shared", "7"), ("own", "3", "39")])
     assert torch.equal(got[("shared", "7")][0], torch.full((4, 8), 7.0)) and torch.equal(got[("own", "3", "39")][0], torch.full((8,), 3.0))
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_prepare_fills_the_disk_cache_even_without_the_memory_cache(model, tmp_path):
+    options = {"embedding.persist": True, "embedding.persist_path": str(tmp_path / "emb.sqlite"), "embedding.cache": False}
+    ActionGPT(model, expander=ScriptedExpander(), **options).prepare(PHRASES)
+    assert len(PersistentEmbeddings(tmp_path / "emb.sqlite")) == 3
+    later = ActionGPT(model, expander=ScriptedExpander(), **options)
+    later.text_encoder(PHRASES)
+    assert later.text_model_calls == 0

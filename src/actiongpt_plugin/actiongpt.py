@@ -186,9 +186,9 @@ class ActionGPT:
         return {p: self.descriptions[p] for p in labels}
 
     def prepare(self, labels) -> dict[str, list[str]]:
-        """Expand and embed a whole vocabulary ahead of training (fills the embedding cache)."""
+        """Expand and embed a whole vocabulary ahead of training (fills the embedding caches)."""
         out = self.expand(labels)
-        if self.cache is not None:
+        if self.cache is not None or self.persistent is not None:
             self.adapter.prepare(list(out), self.cfg.embedding.batch_size)
         return out
 
