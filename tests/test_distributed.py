@@ -8,6 +8,7 @@ values the parent computed, and against the plain model's). Bounded: every wait 
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -252,3 +253,48 @@ def test_real_teach_class_patch_in_a_spawned_worker(tmp_path, monkeypatch):
         expected = encoder.get_last_hidden_state(LABELS)
         run_spawned(real_teach_child, (encoder, ag, expected), nprocs=1)
     assert "_actiongpt_adapter" not in vars(DistilbertEncoderBase.__dict__["get_last_hidden_state"])
+
+
+try:
+    import pytorch_lightning as pl
+except ImportError:
+    pl = None
+
+if pl is not None:
+    class LightningTemosStep(pl.LightningModule):
+        """A TEMOS training step as a LightningModule (module level: ddp_spawn pickles it)."""
+
+        def __init__(self, temos, out):
+            super().__init__()
+            self.temos, self.out = temos, str(out)
+
+        def training_step(self, batch, index):
+            loss = self.temos.training_loss({"text": RANK_TEXTS[self.global_rank], "length": [5, 6],
+                                             "features": batch[0].view(2, 6, 6)})
+            ag = self.temos.textencoder.get_last_hidden_state.adapter.ag
+            result = {"pid": os.getpid(), "installed": ag.installed, "calls": ag.text_model_calls,
+                      "descriptions": sorted(ag.descriptions)}
+            (Path(self.out) / f"rank{self.global_rank}.json").write_text(json.dumps(result))
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-4)
+
+
+def test_lightning_ddp_spawn_trains_through_actiongpt_in_every_rank(bert_dir, tmp_path):
+    """Lightning's ddp_spawn (skipped without pytorch_lightning, which the project does not need)."""
+    if pl is None:
+        pytest.skip("pytorch_lightning is not installed")
+
+    pack = tmp_path / "gpt3_annotations.json"
+    pack.write_text(json.dumps(PACK))
+    model = make_temos(bert_dir)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 72)), batch_size=1)
+    trainer = pl.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with ActionGPT(model, backend="pack", **{"pack.path": str(pack)}):
+        trainer.fit(LightningTemosStep(model, tmp_path), data)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert results[0]["pid"] != results[1]["pid"] != os.getpid()
+    for rank, result in enumerate(results):
+        assert result["installed"] and result["calls"] >= 1 and set(RANK_TEXTS[rank]) <= set(result["descriptions"])
