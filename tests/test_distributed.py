@@ -203,7 +203,14 @@ def ddp_rank(rank, model, init_file, out_dir):
         dist.destroy_process_group()
 
 
-def test_two_rank_ddp_trains_through_actiongpt_with_one_shared_pack_and_disk_cache(bert_dir, tmp_path):
+@pytest.fixture
+def loopback(monkeypatch):
+    """Ranks talk over the loopback interface only (gloo would otherwise pick one by host name)."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+
+
+def test_two_rank_ddp_trains_through_actiongpt_with_one_shared_pack_and_disk_cache(bert_dir, tmp_path, loopback):
     pack = tmp_path / "gpt3_annotations.json"
     pack.write_text(json.dumps(PACK))
     options = {"backend": "pack", "pack.path": str(pack), "store.path": str(tmp_path / "store.sqlite"),
@@ -281,7 +288,7 @@ if pl is not None:
             return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-4)
 
 
-def test_lightning_ddp_spawn_trains_through_actiongpt_in_every_rank(bert_dir, tmp_path):
+def test_lightning_ddp_spawn_trains_through_actiongpt_in_every_rank(bert_dir, tmp_path, loopback):
     """Lightning's ddp_spawn (skipped without pytorch_lightning, which the project does not need)."""
     if pl is None:
         pytest.skip("pytorch_lightning is not installed")
