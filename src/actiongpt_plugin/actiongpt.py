@@ -15,6 +15,7 @@ torch.compile graphs (``eager``).
 from __future__ import annotations
 
 import pickle
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -29,15 +30,27 @@ from .errors import ActionGPTError, MissingDescriptionsError
 from .plugins import get_plugin_manager, get_registry
 
 
-@torch.compiler.disable
+def _call(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+_outside_graph = None  # _call under torch.compiler.disable, made once torch._dynamo is loaded
+
+
 def _eager(fn, *args, **kwargs):
     """Run ``fn`` eagerly, outside torch.compile graphs (a graph break there).
 
     The drop-ins expand phrases, look features up in the caches (keyed by a fingerprint memo of the
     text model's weights) and aggregate them: Python bookkeeping that dynamo must neither trace nor
-    guard on (guards on that memo failed recompiled runs).
+    guard on (guards on that memo failed recompiled runs). Until torch._dynamo is imported nothing
+    can be compiling, so it is not imported here (about a second).
     """
-    return fn(*args, **kwargs)
+    global _outside_graph
+    if _outside_graph is None:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        _outside_graph = torch.compiler.disable(_call)
+    return _outside_graph(fn, *args, **kwargs)
 
 
 def portable_config(cfg) -> dict:
