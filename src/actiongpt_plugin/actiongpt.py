@@ -221,7 +221,7 @@ class ActionGPT:
             raise MissingDescriptionsError(phrases)
         if self._offline_expander is None:
             self._offline_expander = self._build_expander(OmegaConf.merge(self.cfg, {"store": {"offline": True}}))
-        return self._offline_expander.expand(phrases)
+        return self._offline_expander.run(phrases).descriptions  # the missing ones: MissingDescriptionsError
 
     # -- embedding -----------------------------------------------------------------------------
     def embed(self, phrases, encode, text_model, tag: str = "") -> list[tuple]:
