@@ -8,6 +8,7 @@ values the parent computed, and against the plain model's). Bounded: every wait 
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,7 +203,14 @@ def ddp_rank(rank, model, init_file, out_dir):
         dist.destroy_process_group()
 
 
-def test_two_rank_ddp_trains_through_actiongpt_with_one_shared_pack_and_disk_cache(bert_dir, tmp_path):
+@pytest.fixture
+def loopback(monkeypatch):
+    """Ranks talk over the loopback interface only (gloo would otherwise pick one by host name)."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+
+
+def test_two_rank_ddp_trains_through_actiongpt_with_one_shared_pack_and_disk_cache(bert_dir, tmp_path, loopback):
     pack = tmp_path / "gpt3_annotations.json"
     pack.write_text(json.dumps(PACK))
     options = {"backend": "pack", "pack.path": str(pack), "store.path": str(tmp_path / "store.sqlite"),
@@ -222,3 +230,78 @@ def test_two_rank_ddp_trains_through_actiongpt_with_one_shared_pack_and_disk_cac
     assert second.text_model_calls == 0 and second.persistent.hits == 4
     second.close()
     ag.close()
+
+
+def real_teach_child(rank, encoder, ag, expected):
+    from teach.model.textencoder.distilbert import DistilbertEncoderBase
+
+    assert DistilbertEncoderBase.__dict__["get_last_hidden_state"]._actiongpt_adapter is ag.adapter
+    assert torch.allclose(encoder.get_last_hidden_state(LABELS), expected, atol=1e-5)
+
+
+@pytest.mark.upstream
+def test_real_teach_class_patch_in_a_spawned_worker(tmp_path, monkeypatch):
+    """Opt-in (ACTIONGPT_UPSTREAM_TEACH, with pytorch_lightning and hydra-core): TEACH's own class."""
+    path = os.environ.get("ACTIONGPT_UPSTREAM_TEACH")
+    if not path:
+        pytest.skip("set ACTIONGPT_UPSTREAM_TEACH to a checkout to run this test")
+    pytest.importorskip("pytorch_lightning")
+    hydra_utils = pytest.importorskip("hydra.utils")
+    monkeypatch.syspath_prepend(path)  # spawned workers get the parent's sys.path
+    from teach.model.textencoder.distilbert import DistilbertEncoderBase
+    from teach.model.textencoder.text_hist import TextHist
+
+    tiny_distilbert(tmp_path / "deps" / "distilbert-base-uncased")
+    monkeypatch.setattr(hydra_utils, "get_original_cwd", lambda: str(tmp_path))
+    torch.manual_seed(0)
+    encoder = TextHist("/elsewhere/deps/distilbert-base-uncased", nfeats=6, latent_dim=16, ff_size=32, num_layers=1,
+                       num_heads=2, dropout=0.0).eval()
+    with ActionGPT(encoder, expander=ScriptedExpander()) as ag:
+        expected = encoder.get_last_hidden_state(LABELS)
+        run_spawned(real_teach_child, (encoder, ag, expected), nprocs=1)
+    assert "_actiongpt_adapter" not in vars(DistilbertEncoderBase.__dict__["get_last_hidden_state"])
+
+
+try:
+    import pytorch_lightning as pl
+except ImportError:
+    pl = None
+
+if pl is not None:
+    class LightningTemosStep(pl.LightningModule):
+        """A TEMOS training step as a LightningModule (module level: ddp_spawn pickles it)."""
+
+        def __init__(self, temos, out):
+            super().__init__()
+            self.temos, self.out = temos, str(out)
+
+        def training_step(self, batch, index):
+            loss = self.temos.training_loss({"text": RANK_TEXTS[self.global_rank], "length": [5, 6],
+                                             "features": batch[0].view(2, 6, 6)})
+            ag = self.temos.textencoder.get_last_hidden_state.adapter.ag
+            result = {"pid": os.getpid(), "installed": ag.installed, "calls": ag.text_model_calls,
+                      "descriptions": sorted(ag.descriptions)}
+            (Path(self.out) / f"rank{self.global_rank}.json").write_text(json.dumps(result))
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-4)
+
+
+def test_lightning_ddp_spawn_trains_through_actiongpt_in_every_rank(bert_dir, tmp_path, loopback):
+    """Lightning's ddp_spawn (skipped without pytorch_lightning, which the project does not need)."""
+    if pl is None:
+        pytest.skip("pytorch_lightning is not installed")
+
+    pack = tmp_path / "gpt3_annotations.json"
+    pack.write_text(json.dumps(PACK))
+    model = make_temos(bert_dir)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 72)), batch_size=1)
+    trainer = pl.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with ActionGPT(model, backend="pack", **{"pack.path": str(pack)}):
+        trainer.fit(LightningTemosStep(model, tmp_path), data)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert results[0]["pid"] != results[1]["pid"] != os.getpid()
+    for rank, result in enumerate(results):
+        assert result["installed"] and result["calls"] >= 1 and set(RANK_TEXTS[rank]) <= set(result["descriptions"])

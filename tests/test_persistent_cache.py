@@ -132,3 +132,30 @@ def test_several_processes_write_at_once(tmp_path):
     got = store.get_many([("shared", "7"), ("own", "3", "39")])
     assert torch.equal(got[("shared", "7")][0], torch.full((4, 8), 7.0)) and torch.equal(got[("own", "3", "39")][0], torch.full((8,), 3.0))
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_prepare_fills_the_disk_cache_even_without_the_memory_cache(model, tmp_path):
+    options = {"embedding.persist": True, "embedding.persist_path": str(tmp_path / "emb.sqlite"), "embedding.cache": False}
+    ActionGPT(model, expander=ScriptedExpander(), **options).prepare(PHRASES)
+    assert len(PersistentEmbeddings(tmp_path / "emb.sqlite")) == 3
+    later = ActionGPT(model, expander=ScriptedExpander(), **options)
+    later.text_encoder(PHRASES)
+    assert later.text_model_calls == 0
+
+
+def _forked_reader(store, key, queue):
+    queue.put(float(store.get_many([key])[key][0].sum()))
+    store.close()  # must leave the parent's connection (and its WAL file) alone
+
+
+def test_a_forked_worker_opens_its_own_connection(tmp_path):
+    store = PersistentEmbeddings(tmp_path / "emb.sqlite")
+    store.put_many({("a",): (torch.ones(3), None)})
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    worker = context.Process(target=_forked_reader, args=(store, ("a",), queue))
+    worker.start()
+    worker.join(timeout=60)
+    assert worker.exitcode == 0 and queue.get(timeout=10) == 3.0
+    store.put_many({("b",): (torch.zeros(2), None)})  # the parent's connection still works
+    assert len(store) == 2 and len(PersistentEmbeddings(tmp_path / "emb.sqlite")) == 2

@@ -7,11 +7,15 @@
 
 Each phrase is replaced by k descriptions, embedded by the model's own frozen text model (through
 the adapter that fits the model) and aggregated (``embedding.aggregator``). Results are cached per
-text-model weights and descriptions, so a warm cache never runs the text model for known phrases.
+text-model weights and descriptions (in memory, and on disk with ``embedding.persist``), so a warm
+cache never runs the text model for known phrases. An installed model pickled into another process
+(spawned DDP workers) carries its ActionGPT (``__getstate__``); the drop-ins run outside
+torch.compile graphs (``eager``).
 """
 from __future__ import annotations
 
 import pickle
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -26,15 +30,27 @@ from .errors import ActionGPTError, MissingDescriptionsError
 from .plugins import get_plugin_manager, get_registry
 
 
-@torch.compiler.disable
+def _call(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+_outside_graph = None  # _call under torch.compiler.disable, made once torch._dynamo is loaded
+
+
 def _eager(fn, *args, **kwargs):
     """Run ``fn`` eagerly, outside torch.compile graphs (a graph break there).
 
     The drop-ins expand phrases, look features up in the caches (keyed by a fingerprint memo of the
     text model's weights) and aggregate them: Python bookkeeping that dynamo must neither trace nor
-    guard on (guards on that memo failed recompiled runs).
+    guard on (guards on that memo failed recompiled runs). Until torch._dynamo is imported nothing
+    can be compiling, so it is not imported here (about a second).
     """
-    return fn(*args, **kwargs)
+    global _outside_graph
+    if _outside_graph is None:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        _outside_graph = torch.compiler.disable(_call)
+    return _outside_graph(fn, *args, **kwargs)
 
 
 def portable_config(cfg) -> dict:
@@ -173,9 +189,9 @@ class ActionGPT:
         return {p: self.descriptions[p] for p in labels}
 
     def prepare(self, labels) -> dict[str, list[str]]:
-        """Expand and embed a whole vocabulary ahead of training (fills the embedding cache)."""
+        """Expand and embed a whole vocabulary ahead of training (fills the embedding caches)."""
         out = self.expand(labels)
-        if self.cache is not None:
+        if self.cache is not None or self.persistent is not None:
             self.adapter.prepare(list(out), self.cfg.embedding.batch_size)
         return out
 
@@ -195,8 +211,7 @@ class ActionGPT:
             raise MissingDescriptionsError(phrases)
         if self._offline_expander is None:
             self._offline_expander = self._build_expander(OmegaConf.merge(self.cfg, {"store": {"offline": True}}))
-        # What the store (or a pack) lacks is missing, not an error of the run: _remember lists it.
-        return self._offline_expander.run(phrases).descriptions
+        return self._offline_expander.run(phrases).descriptions  # the missing ones: MissingDescriptionsError
 
     # -- embedding -----------------------------------------------------------------------------
     def embed(self, phrases, encode, text_model, tag: str = "") -> list[tuple]:

@@ -125,6 +125,9 @@ def _tensor_of(data, dtype, shape, device):
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape).to(device)
 
 
+_inherited_connections: list = []
+
+
 class PersistentEmbeddings:
     """Aggregated features on disk: SQLite in WAL mode, safe for several processes (DDP ranks) at once.
 
@@ -141,7 +144,8 @@ class PersistentEmbeddings:
         self.misses = 0
 
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():  # a forked worker must not share the parent's
+        if self._conn is None or self._pid != os.getpid():  # a forked worker opens its own
+            self._drop_inherited()
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
@@ -187,8 +191,16 @@ class PersistentEmbeddings:
             with db:  # one transaction
                 db.executemany("INSERT OR IGNORE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
 
+    def _drop_inherited(self) -> None:
+        # A connection inherited through fork is never closed in the child: closing it there could
+        # checkpoint and delete the WAL file the parent is still using.
+        if self._conn is not None and self._pid != os.getpid():
+            _inherited_connections.append(self._conn)
+            self._conn = None
+
     def close(self) -> None:
-        if self._conn is not None and self._pid == os.getpid():
+        self._drop_inherited()
+        if self._conn is not None:
             self._conn.close()
         self._conn = None
 

@@ -6,7 +6,9 @@ They reproduce what the adapters touch, with the upstream names, signatures and 
   TEACH with ``load_from_checkpoint`` building a new instance;
 - ``standins.clip``: OpenAI CLIP's ``tokenize`` / ``simple_tokenizer.SimpleTokenizer`` with the real
   BPE ids, and a tiny CLIP text model;
-- ``standins.motionclip``: MotionCLIP's MOTIONCLIP around ``clip_model``.
+- ``standins.motionclip``: MotionCLIP's MOTIONCLIP around ``clip_model``;
+- ``standins.mdm``, ``standins.t2mgpt``, ``standins.momask``: MDM, T2M-GPT and MoMask;
+- ``standins.checkouts``: upstream checkout layouts (entry scripts) for the docs' launchers.
 No upstream code is copied (TEACH's licence forbids redistribution).
 The text models are tiny random transformers built from configs (no weights are downloaded).
 """

@@ -4,7 +4,8 @@ TEACH's licence forbids redistribution: nothing here is TEACH code, only the sam
 signatures, shapes and rules:
 - ``DistilbertEncoderBase(modelpath, finetune=False)`` rewrites ``modelpath`` to
   ``<hydra original cwd>/deps/...`` (the path must contain a ``deps`` component; outside a hydra
-  run, set ``ORIGINAL_CWD`` here as one would make ``hydra.utils.get_original_cwd`` return a root),
+  run, set ``ORIGINAL_CWD`` here as one would make ``hydra.utils.get_original_cwd`` return a root;
+  inside a hydra run, hydra's own is used),
   reads ``text_model.config.dim`` and offers ``get_last_hidden_state(texts, return_mask=False)``;
 - ``TextHist(modelpath, nfeats, hist_frames=1, ...)`` with ``forward(texts, hframes=None, z_pt=None)``
   returning ``Normal`` ``[bs, latent]``;
@@ -24,9 +25,14 @@ ORIGINAL_CWD: Optional[str] = None  # what hydra.utils.get_original_cwd() would 
 
 
 def get_original_cwd() -> str:
-    if ORIGINAL_CWD is None:
-        raise ValueError("get_original_cwd() must only be used after HydraConfig is initialized")
-    return ORIGINAL_CWD
+    """``ORIGINAL_CWD`` when set, else hydra's own (inside a hydra run), as upstream calls it."""
+    if ORIGINAL_CWD is not None:
+        return ORIGINAL_CWD
+    try:
+        from hydra.utils import get_original_cwd as hydra_original_cwd
+    except ImportError:
+        raise ValueError("get_original_cwd() must only be used after HydraConfig is initialized") from None
+    return hydra_original_cwd()
 
 
 def resolve_deps_path(modelpath: str) -> str:
