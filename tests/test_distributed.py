@@ -289,7 +289,7 @@ if pl is not None:
 
 
 def test_lightning_ddp_spawn_trains_through_actiongpt_in_every_rank(bert_dir, tmp_path, loopback):
-    """Lightning's ddp_spawn (skipped without pytorch_lightning, which the project does not need)."""
+    """Lightning's own ddp_spawn (pytorch-lightning is in the test extra; the package does not need it)."""
     if pl is None:
         pytest.skip("pytorch_lightning is not installed")
 
