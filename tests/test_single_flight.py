@@ -33,6 +33,14 @@ def expand(labels_file, *args, **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
+def wait_for(proc, ready, within=60.0) -> None:
+    """Poll ``ready()`` while ``proc`` runs; fail if it exits or time runs out first."""
+    deadline = time.monotonic() + within
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.02)
+
+
 def finish(proc, timeout=120) -> str:
     _, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
@@ -61,10 +69,7 @@ def test_a_process_started_later_reads_what_the_first_stored(server, tmp_path, i
     labels = [f"late move {i}" for i in range(150)]
     path = write_labels(tmp_path / "labels.txt", labels)
     first = expand(path, "--concurrency", "4")
-    deadline = time.monotonic() + 60
-    while store_rows(isolated_home / "store.sqlite") < 20:
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(first, lambda: store_rows(isolated_home / "store.sqlite") >= 20)
     second = expand(path, "--concurrency", "4")
     finish(first), finish(second)
     asked = Counter(paid(server.requests))
@@ -78,10 +83,7 @@ def test_a_killed_owner_is_taken_over_at_once(server, tmp_path, isolated_home):
     labels = [f"orphan move {i}" for i in range(60)]
     path = write_labels(tmp_path / "labels.txt", labels)
     first = expand(path, "--concurrency", "8")
-    deadline = time.monotonic() + 60
-    while store_rows(isolated_home / "store.sqlite") < 10:
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(first, lambda: store_rows(isolated_home / "store.sqlite") >= 10)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=10)
     time.sleep(0.4)  # the server answers what was in flight into closed sockets
@@ -101,10 +103,7 @@ def test_ctrl_c_stores_the_answers_in_flight(server, tmp_path, isolated_home):
     labels = [f"interrupted move {i}" for i in range(40)]
     path = write_labels(tmp_path / "labels.txt", labels)
     proc = expand(path, "--concurrency", "8")
-    deadline = time.monotonic() + 60
-    while len(server.requests) < 8:
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(proc, lambda: len(server.requests) >= 8)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -123,10 +122,7 @@ def test_second_ctrl_c_quits_at_once(server, tmp_path):
     server.latency = 20.0  # answers in flight would take long: the second Ctrl-C must not wait
     path = write_labels(tmp_path / "labels.txt", [f"slow move {i}" for i in range(10)])
     proc = expand(path, "--concurrency", "4")
-    deadline = time.monotonic() + 60
-    while len(server.requests) < 4:
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(proc, lambda: len(server.requests) >= 4)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
