@@ -209,12 +209,27 @@ def test_unwritable_cache_still_loads_the_gguf_model(tiny_dir, tmp_path, monkeyp
     assert run(TransformersBackend(gguf), requests(["jump"]), 1, GREEDY)[0].texts
 
 
-def test_expander_with_the_transformers_backend(tiny_dir, tmp_path):
+def finishing_tiny_lm(path):
+    """A tiny random model that ends its answers: every 8th token id also ends a sequence, so its
+    samples stop (finish reason "stop") after a few words instead of running into max_tokens, where
+    cleaning rightly rejects an unfinished first sentence."""
+    path = build_tiny_lm(path)
+    config_file = path / "generation_config.json"
+    generation = json.loads(config_file.read_text())
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    generation["eos_token_id"] = [generation["eos_token_id"], *range(7, vocab, 8)]
+    config_file.write_text(json.dumps(generation))
+    return path
+
+
+def test_expander_with_the_transformers_backend(tmp_path):
     from actiongpt_plugin.expander import Expander
 
+    tiny_dir = finishing_tiny_lm(tmp_path / "lm")
     cfg = load_config(backend="transformers", k=3, **{
         "transformers.model": str(tiny_dir), "transformers.batch_size": 2, "store.path": str(tmp_path / "s.sqlite"),
         "sampling.temperature": 1.0, "sampling.max_tokens": 24, "sampling.seed": 0,
+        "expand.min_words": 1,  # random tokens make few words
     })
     phrases = ["jump", "kick", "walk in a circle"]
     with Expander(cfg) as ex:
