@@ -168,6 +168,25 @@ def test_server_ignoring_n_with_a_fixed_seed_gives_no_duplicates_even_when_answe
     assert len(c.texts) == 1 == len(set(c.texts))  # three exact repeats dropped where gathered
 
 
+def test_asking_a_prompt_again_continues_the_seeds():
+    # The expander re-asks for samples that cleaning rejected: with a fixed seed, the same seeds would
+    # bring back the same answers from a deterministic server.
+    with FakeOpenAI(ignore_n=True, seeded=True) as server:
+        b = backend(server.base_url, **{"openai.model": "m"})
+
+        async def go():
+            first = await b.complete(request(), 3, SamplingParams(seed=5))
+            again = await b.complete(request(), 2, SamplingParams(seed=5))
+            other = await b.complete(request("walk"), 2, SamplingParams(seed=5))
+            await b.aclose()
+            return first, again, other
+
+        first, again, other = asyncio.run(go())
+    seeds = [r["body"]["seed"] for r in server.requests]
+    assert sorted(seeds[:3]) == [5, 6, 7] and sorted(seeds[3:5]) == [8, 9] and sorted(seeds[5:]) == [5, 6]
+    assert len(set(first.texts + again.texts)) == 5
+
+
 def test_cli_k8_against_a_server_that_ignores_n(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ACTIONGPT_HOME", str(tmp_path))
     labels = tmp_path / "labels.txt"
