@@ -299,3 +299,24 @@ def test_cut_off_answer_keeps_its_complete_sentences(tmp_path):
         with Expander(cfg) as ex:
             result = ex.run(["jump"])
     assert result.descriptions == {"jump": ["The person bends both knees and leaps upward."]}
+
+
+def test_cli_says_on_stderr_when_it_waits_long(tmp_path):
+    # A real process: without --verbose, only warnings reach stderr (here: the capped Retry-After).
+    import os
+    import subprocess
+    import sys
+
+    with FakeOpenAI() as server:
+        url = server.base_url
+        server.add_faults(Fault.http(429, retry_after=600))
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+        env.update(ACTIONGPT_HOME=str(tmp_path), ACTIONGPT_DISABLE_EXTERNAL_PLUGINS="1")
+        proc = subprocess.run([sys.executable, "-m", "actiongpt_plugin", "expand", "jump", "--backend", "openai",
+                               "--set", f"openai.base_url={server.base_url}", "--set", "openai.model=m",
+                               "--set", "openai.max_wait=0.5"],
+                              capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("jump\n")
+    assert f"HTTP 429 from {url}: waiting 0.5 s before retrying" in proc.stderr
+    assert "the server asked for 600 s, capped by openai.max_wait" in proc.stderr

@@ -346,8 +346,8 @@ class OpenAIBackend(Backend):
         now = time.monotonic()
         if (delay >= LONG_WAIT or capped) and now >= self._quiet_until:
             self._quiet_until = now + delay
-            asked = f"; the server asked for {wait:.0f} s, capped by openai.max_wait" if capped and wait else ""
-            log.warning("%s from %s: waiting %.0f s before retrying%s", self._redact(reason), self.endpoint, delay, asked)
+            asked = f"; the server asked for {wait:.3g} s, capped by openai.max_wait" if capped and wait else ""
+            log.warning("%s from %s: waiting %.3g s before retrying%s", self._redact(reason), self.endpoint, delay, asked)
         else:
             log.info("%s; retry %d/%d in %.1f s", self._redact(reason), attempt, self.max_retries, delay)
         return delay
