@@ -4,7 +4,9 @@ The transformers backend runs through `Expander` (few-shot template, k samples p
 generate() call, store off so nothing is served from cache, no re-asking rounds), once with
 `batch_size` prompts per generate() call and once with one prompt per call, on different phrases
 of the same kind. llama.cpp (one sample per call, no prompt batching) is measured the same way when
-llama-cpp-python is installed, in a child process without OMP_WAIT_POLICY (it slows llama.cpp).
+llama-cpp-python is installed, in a child process without OMP_WAIT_POLICY (it slows llama.cpp),
+with every core (the engine's setting) and, on the same phrases and seed (the same tokens), with one
+thread, alternated.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from common import figure
+from common import figure, median
 
 K = 4
 PHRASES = ["jump forward", "wave the right hand", "sit down slowly", "kick with the left leg", "turn around",
@@ -86,11 +88,24 @@ def llamacpp_run(quick: bool) -> dict | None:
 
 def _llamacpp_child(quick: bool) -> dict:
     from actiongpt_plugin import Expander
+    from actiongpt_plugin.backends.embedded import LlamaCppEngine
 
+    phrases = PHRASES[:2 if quick else 4]
+    runs = {"all_cores": [], "one_thread": []}
     with Expander(config("embedded", quick, **{"embedded.engine": "llamacpp"})) as ex:
-        ex.backend.implementation().load()
-        warm_up(lambda request, params: ex.backend.implementation().generate(request, 1, params))
-        return measure(ex, PHRASES[:2 if quick else 4])
+        every_core = ex.backend.implementation()
+        engines = {"all_cores": every_core, "one_thread": LlamaCppEngine(every_core.model, threads=1)}
+        for engine in engines.values():
+            engine.load()
+            warm_up(lambda request, params: engine.generate(request, 1, params))
+        for _ in range(1 if quick else 2):  # alternated: other load on the machine hits both alike
+            for name, engine in engines.items():
+                ex.backend._impl = engine
+                runs[name].append(measure(ex, phrases))
+        ex.backend._impl = engines["all_cores"]
+    mid = {name: {key: median([m[key] for m in r]) for key in ("tokens_per_s", "descriptions_per_s")}
+           for name, r in runs.items()}
+    return {**mid["all_cores"], "threads": every_core.threads, "one_thread": mid["one_thread"], "runs": runs}
 
 
 def run(quick: bool = False) -> dict:
@@ -115,6 +130,8 @@ def run(quick: bool = False) -> dict:
                    against=f"transformers, {t['batch_size']} prompts per call"),
             figure("llama.cpp, one sample per call: descriptions/s", llama["descriptions_per_s"],
                    b["descriptions_per_s"], "descriptions/s", against=f"transformers, {t['batch_size']} prompts per call"),
+            figure(f"llama.cpp, {llama['threads']} threads (every core): tokens/s", llama["tokens_per_s"],
+                   llama["one_thread"]["tokens_per_s"], "tokens/s", against="one thread, same phrases and seed"),
         ]
     return {"name": "generation", "title": f"Local generation: embedded SmolLM2-135M, k={K}, "
                                            f"{32 if quick else 128} new tokens at most, CPU",

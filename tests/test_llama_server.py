@@ -81,6 +81,7 @@ def test_cli_expands_with_k8_through_a_real_llama_cpp_server(llama_server, tmp_p
     summary = re.search(r"(\d+) phrases: 0 from the store, (\d+) expanded, 0 failed; (\d+) requests", proc.stderr)
     assert summary and int(summary[1]) == int(summary[2]) == len(LABELS), proc.stderr
     requests = int(summary[3])
+    print(summary[0])
     assert requests >= len(LABELS) * K  # the server ignores n: at least one request per sample
 
     rows = [json.loads(line) for line in pack.read_text().splitlines()]

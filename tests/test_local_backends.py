@@ -223,6 +223,7 @@ def test_expander_with_the_transformers_backend(fluent_dir, tmp_path):
     cfg = load_config(backend="transformers", k=3, **{
         "transformers.model": str(tiny_dir), "transformers.batch_size": 2, "store.path": str(tmp_path / "s.sqlite"),
         "sampling.temperature": 1.0, "sampling.max_tokens": 24, "sampling.seed": 0,
+        "expand.min_words": 1,  # random tokens make few words
     })
     phrases = ["jump", "kick", "walk in a circle"]
     with Expander(cfg) as ex:

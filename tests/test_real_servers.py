@@ -168,6 +168,25 @@ def test_server_ignoring_n_with_a_fixed_seed_gives_no_duplicates_even_when_answe
     assert len(c.texts) == 1 == len(set(c.texts))  # three exact repeats dropped where gathered
 
 
+def test_asking_a_prompt_again_continues_the_seeds():
+    # The expander re-asks for samples that cleaning rejected: with a fixed seed, the same seeds would
+    # bring back the same answers from a deterministic server.
+    with FakeOpenAI(ignore_n=True, seeded=True) as server:
+        b = backend(server.base_url, **{"openai.model": "m"})
+
+        async def go():
+            first = await b.complete(request(), 3, SamplingParams(seed=5))
+            again = await b.complete(request(), 2, SamplingParams(seed=5))
+            other = await b.complete(request("walk"), 2, SamplingParams(seed=5))
+            await b.aclose()
+            return first, again, other
+
+        first, again, other = asyncio.run(go())
+    seeds = [r["body"]["seed"] for r in server.requests]
+    assert sorted(seeds[:3]) == [5, 6, 7] and sorted(seeds[3:5]) == [8, 9] and sorted(seeds[5:]) == [5, 6]
+    assert len(set(first.texts + again.texts)) == 5
+
+
 def test_cli_k8_against_a_server_that_ignores_n(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ACTIONGPT_HOME", str(tmp_path))
     labels = tmp_path / "labels.txt"
@@ -197,7 +216,9 @@ def expand_against_serial(tmp_path, n, service=0.05, **values):
         with Expander(cfg) as ex:
             result = ex.run([f"move number {i}" for i in range(n)])
             window = ex.backend.limiter.state()
-        time.sleep(0.2)  # answers to requests that gave up are still computed; count them all
+        deadline = time.monotonic() + 30  # requests whose client gave up are still queued: let them through
+        while server.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
         server.stop()
         return result, server, window
 
@@ -280,3 +301,24 @@ def test_cut_off_answer_keeps_its_complete_sentences(tmp_path):
         with Expander(cfg) as ex:
             result = ex.run(["jump"])
     assert result.descriptions == {"jump": ["The person bends both knees and leaps upward."]}
+
+
+def test_cli_says_on_stderr_when_it_waits_long(tmp_path):
+    # A real process: without --verbose, only warnings reach stderr (here: the capped Retry-After).
+    import os
+    import subprocess
+    import sys
+
+    with FakeOpenAI() as server:
+        url = server.base_url
+        server.add_faults(Fault.http(429, retry_after=600))
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+        env.update(ACTIONGPT_HOME=str(tmp_path), ACTIONGPT_DISABLE_EXTERNAL_PLUGINS="1")
+        proc = subprocess.run([sys.executable, "-m", "actiongpt_plugin", "expand", "jump", "--backend", "openai",
+                               "--set", f"openai.base_url={server.base_url}", "--set", "openai.model=m",
+                               "--set", "openai.max_wait=0.5"],
+                              capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("jump\n")
+    assert f"HTTP 429 from {url}: waiting 0.5 s before retrying" in proc.stderr
+    assert "the server asked for 600 s, capped by openai.max_wait" in proc.stderr

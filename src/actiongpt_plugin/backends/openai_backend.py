@@ -137,7 +137,8 @@ class OpenAIBackend(Backend):
         o = config.openai
         self._model = config.model or o.model  # None: resolved on first use (see `model`)
         self.api = o.api
-        self.concurrency = o.concurrency
+        # expand.concurrency caps requests in flight too: against a server that ignores n one phrase is k requests.
+        self.concurrency = min(o.concurrency, config.expand.concurrency)
         self.adaptive = o.adaptive
         self.max_retries = o.max_retries
         self.timeout = o.timeout
@@ -157,6 +158,7 @@ class OpenAIBackend(Backend):
         self._reached = False  # a request has succeeded: a refused connection is transient from then on
         self._model_lock = threading.Lock()
         self._quiet_until = 0.0  # no second long-wait warning before this time
+        self._seed_offsets: dict[tuple, int] = {}  # (phrase, prompt) -> seed offsets used so far
         self._loop = self._client = None
 
     def client_options(self) -> dict:
@@ -249,23 +251,34 @@ class OpenAIBackend(Backend):
     async def complete(self, request: Request, k: int, params: SamplingParams) -> Completion:
         if self._model is None:
             await asyncio.to_thread(lambda: self.model)  # GET /models without blocking the loop
+        offset = self._reserve_seeds(request, k)
         if self.ignores_n and k > 1:
-            return await self._fan_out(request, k, params, first=None)
-        completion = await self._ask(request, k, params)
+            return await self._fan_out(request, k, params, offset, first=None)
+        completion = await self._ask(request, k, params, seed_offset=offset)
         if k > 1 and completion.error is None and len(completion.texts) == 1:
             if not self.ignores_n:
                 log.info("the server at %s ignores n (one choice for n=%d): asking for one sample per request",
                          self.endpoint, k)
             self.ignores_n = True
-            return await self._fan_out(request, k, params, first=completion)
+            return await self._fan_out(request, k, params, offset, first=completion)
         return completion
 
-    async def _fan_out(self, request: Request, k: int, params: SamplingParams, first: Completion | None) -> Completion:
-        """k samples as k requests with n=1 (one already in ``first``), each with its own seed."""
+    def _reserve_seeds(self, request: Request, k: int) -> int:
+        """The first of k seed offsets for this call. A prompt asked again (the expander re-asks for
+        samples that cleaning rejected) continues after the seeds it used, so that with a fixed seed
+        the new samples are not repeats of the old ones; from a fresh start the sequence is the same."""
+        key = (request.phrase, request.prompt.text)
+        start = self._seed_offsets.get(key, 0)
+        self._seed_offsets[key] = start + k
+        return start
+
+    async def _fan_out(self, request: Request, k: int, params: SamplingParams, offset: int,
+                       first: Completion | None) -> Completion:
+        """k samples as k requests with n=1 (one already in ``first``), seeds offset, offset+1, ..."""
         count = 1 if params.temperature <= 0 else k  # greedy: every request would repeat the first
         start = 0 if first is None else 1
-        replies = await asyncio.gather(*(self._ask(request, 1, params, seed_offset=i) for i in range(start, count)),
-                                       return_exceptions=True)
+        replies = await asyncio.gather(*(self._ask(request, 1, params, seed_offset=offset + i)
+                                         for i in range(start, count)), return_exceptions=True)
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
@@ -273,6 +286,8 @@ class OpenAIBackend(Backend):
         texts = [t for p in parts for t in p.texts]
         reasons = [r for p in parts for r in (p.finish_reasons or [None] * len(p.texts))]
         texts, reasons = _dedupe(texts, reasons)
+        if count == 1 and k > 1 and texts:  # greedy: the one answer is every sample, as a server honouring n gives
+            texts, reasons = texts * k, reasons * k
         errors = [p.error for p in parts if p.error]
         return Completion(
             texts=texts,
@@ -344,8 +359,8 @@ class OpenAIBackend(Backend):
         now = time.monotonic()
         if (delay >= LONG_WAIT or capped) and now >= self._quiet_until:
             self._quiet_until = now + delay
-            asked = f"; the server asked for {wait:.0f} s, capped by openai.max_wait" if capped and wait else ""
-            log.warning("%s from %s: waiting %.0f s before retrying%s", self._redact(reason), self.endpoint, delay, asked)
+            asked = f"; the server asked for {wait:.3g} s, capped by openai.max_wait" if capped and wait else ""
+            log.warning("%s from %s: waiting %.3g s before retrying%s", self._redact(reason), self.endpoint, delay, asked)
         else:
             log.info("%s; retry %d/%d in %.1f s", self._redact(reason), attempt, self.max_retries, delay)
         return delay
