@@ -168,6 +168,16 @@ def test_server_ignoring_n_with_a_fixed_seed_gives_no_duplicates_even_when_answe
     assert len(c.texts) == 1 == len(set(c.texts))  # three exact repeats dropped where gathered
 
 
+def test_greedy_against_a_server_ignoring_n_asks_once_and_gives_the_answer_k_times():
+    with FakeOpenAI(ignore_n=True) as server:
+        b = backend(server.base_url, **{"openai.model": "m"})
+        first, second = complete(b, [request("jump"), request("walk")], k=4, params=SamplingParams(temperature=0))
+    assert b.ignores_n
+    # The first phrase learnt the server ignores n (one request for n=4); the second asks once.
+    assert len(first.texts) == len(second.texts) == 4 and len(set(second.texts)) == 1
+    assert server.count() == 2 and first.requests + second.requests == 2
+
+
 def test_asking_a_prompt_again_continues_the_seeds():
     # The expander re-asks for samples that cleaning rejected: with a fixed seed, the same seeds would
     # bring back the same answers from a deterministic server.
