@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from actiongpt_plugin.pacing import GROWTH, START, AdaptiveLimiter, Slot
+from actiongpt_plugin.pacing import SLOW_START, START, AdaptiveLimiter, Slot
 
 
 def slot(limiter: AdaptiveLimiter, latency: float, in_flight: int = 2) -> Slot:
@@ -31,12 +31,21 @@ def test_grows_fast_near_the_base_latency_then_only_additively_after_congestion(
     assert limiter.window == pytest.approx(START + 1 / START)
     before = limiter.window
     limiter.release(slot(limiter, 0.2), "ok")
-    assert limiter.window == pytest.approx(before + GROWTH)
+    assert limiter.window == pytest.approx(before * SLOW_START)
     limiter.release(slot(limiter, 0.9), "ok")  # 4.5 x the base with others in flight: queued
     assert limiter.decreases == 1 and not limiter.fast_growth
     after = limiter.window
     limiter.release(slot(limiter, 0.2), "ok")  # near the base again: additive now
     assert limiter.window == pytest.approx(after + 1 / after)
+
+
+def test_the_first_reply_only_sets_the_base():
+    """A one-at-a-time server answers its first request as fast as a scaling one: no growth on it."""
+    limiter = AdaptiveLimiter(32)
+    limiter.release(slot(limiter, 0.2, in_flight=4), "ok")
+    assert limiter.window == pytest.approx(START + 1 / START) and limiter.base_latency == pytest.approx(0.2, abs=0.05)
+    limiter.release(slot(limiter, 0.4, in_flight=4), "ok")  # twice the base: waited behind the first
+    assert limiter.window < START * SLOW_START
 
 
 def test_one_decrease_per_congestion_episode():
@@ -51,10 +60,10 @@ def test_one_decrease_per_congestion_episode():
 
 def test_near_the_timeout_counts_as_queueing_and_window_stays_at_least_one():
     limiter = AdaptiveLimiter(32, timeout=10.0, start=1)
-    limiter.release(slot(limiter, 3.0), "ok")  # the base itself, 30 % of the timeout: room (+GROWTH)
-    assert limiter.decreases == 0 and limiter.window == 1 + GROWTH
+    limiter.release(slot(limiter, 3.0), "ok")  # the first reply only sets the base: additive growth
+    assert limiter.decreases == 0 and limiter.window == 2.0
     limiter.release(slot(limiter, 4.5), "ok")  # 1.5 x the base, but 45 % of the timeout with others in flight
-    assert limiter.decreases == 1 and limiter.window == pytest.approx((1 + GROWTH) * 0.75)
+    assert limiter.decreases == 1 and limiter.window == pytest.approx(2.0 * 0.75)
     for _ in range(5):
         limiter.release(slot(limiter, 20.0), "overload")
     assert limiter.window == 1.0  # never below one request

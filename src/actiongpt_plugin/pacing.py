@@ -7,8 +7,10 @@ learns which it faces from what every attempt tells it:
 
 - base latency: the fastest reply seen (a request that did not wait in the server's queue);
 - a reply near the base although others were in flight: the server has room; until the first sign
-  of congestion the window grows fast (+GROWTH per reply, about x3 per round trip, so a scaling
-  server reaches the ceiling in two or three round trips from START), as TCP's slow start;
+  of congestion the window grows fast (x SLOW_START per such reply, so a scaling server reaches the
+  ceiling within the first round trip's replies), as TCP's slow start. The very first reply only
+  sets the base: a server that answers one at a time also answers its first request fast, and its
+  second reply (twice the base) is what tells the two apart;
 - a reply much slower than the base, or one that took a good part of the client's timeout, while
   several were in flight: the server queues; the window shrinks (x LATENCY_BACKOFF) before the
   queue grows long enough for requests to time out;
@@ -28,7 +30,7 @@ import time
 from dataclasses import dataclass
 
 START = 4  # first window: moderate, safe for a server that queues, and grows fast when it does not
-GROWTH = 2.0  # window increase per reply near the base latency
+SLOW_START = 2.0  # window factor per reply near the base latency, until the first congestion
 NEAR_BASE = 1.5  # a reply within this factor of the base latency did not wait in a queue
 QUEUED = 3.0  # a reply this many times the base latency (with others in flight) waited in a queue
 NEAR_TIMEOUT = 0.4  # ... and so did one that took this share of the client's timeout
@@ -120,14 +122,15 @@ class AdaptiveLimiter:
             return
         if outcome != "ok":
             return  # a refused or malformed request says nothing about the server's capacity
-        if self.base_latency is None or latency < self.base_latency:
+        first = self.base_latency is None
+        if first or latency < self.base_latency:
             self.base_latency = latency
         ratio = latency / max(self.base_latency, 1e-6)
         near_timeout = self.timeout is not None and latency >= NEAR_TIMEOUT * self.timeout
         if (ratio >= QUEUED or near_timeout) and slot.in_flight > 1:
             self._decrease(slot, LATENCY_BACKOFF)
-        elif ratio <= NEAR_BASE and self.fast_growth and slot.in_flight > 1:
-            self.window = min(self.ceiling, self.window + GROWTH)
+        elif ratio <= NEAR_BASE and self.fast_growth and slot.in_flight > 1 and not first:
+            self.window = min(self.ceiling, self.window * SLOW_START)
         else:
             self.window = min(self.ceiling, self.window + 1.0 / self.window)
 
