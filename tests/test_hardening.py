@@ -89,3 +89,21 @@ def test_offline_does_not_block_a_pack(tmp_path):
     cfg = load_config(backend="pack", **{"pack.path": str(release), "store.offline": True})
     with Expander(cfg) as ex:
         assert ex.expand(["jump"])["jump"][0] == "The person jumps up."  # offline does not block a free pack
+
+
+def test_summary_counts_every_request_sent(server, tmp_path):
+    """Refused (400) and retried-then-failed requests are paid attempts too: the summary counts them all."""
+    from fake_openai import phrase_of
+
+    def fault(record):
+        phrase = phrase_of(record["body"]["messages"][-1]["content"])
+        return {"jump": Fault.http(400, message="bad request"), "walk": 500}.get(phrase)
+
+    server.on_request = fault
+    labels = write_labels(tmp_path / "labels.txt", ["jump", "walk", "sit"])
+    env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY}
+    proc = run("expand", "--file", str(labels), "-b", "openai", "--model", "m", "--no-progress",
+               "--set", "openai.max_retries=2", "--set", "openai.backoff_base=0.01", env=env)
+    assert proc.returncode == 1
+    assert server.count() == 1 + 3 + 1
+    assert "3 phrases: 0 from the store, 1 expanded, 2 failed; 5 requests" in proc.stderr

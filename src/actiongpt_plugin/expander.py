@@ -449,6 +449,7 @@ class _Run:
         if isinstance(error, FatalBackendError):
             self.fatal = self.fatal or error
         elif isinstance(error, ActionGPTError):
+            self.stats.requests += getattr(error, "requests", 0)  # a refused request was still sent
             for job in batch:
                 job.failure = job.failure or str(error)
         elif error is not None:

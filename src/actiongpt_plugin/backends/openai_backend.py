@@ -326,7 +326,9 @@ class OpenAIBackend(Backend):
                 if status < 500 and status not in RETRY_STATUS:
                     # Bad key, no access, unknown model: every other request would fail the same way.
                     error = FatalBackendError if status in (401, 403, 404) else ActionGPTError
-                    raise error(f"OpenAI request failed: {self._describe(exc)}") from None
+                    refused = error(f"OpenAI request failed: {self._describe(exc)}")
+                    refused.requests = attempt  # sent and refused: still counted in the run's stats
+                    raise refused from None
                 outcome = "overload" if status in OVERLOAD_STATUS else "error"
                 reason, wait = f"HTTP {status}", retry_after(exc.response.headers)
             except openai.APITimeoutError:
