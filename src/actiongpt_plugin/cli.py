@@ -49,7 +49,6 @@ def _setup_logging(verbose: bool) -> None:
     handler.addFilter(_Redacting())
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO if verbose else logging.WARNING)
-    log.propagate = False
 
 
 @app.callback()

@@ -7,7 +7,7 @@ an LLM writes instead of a movement description: names, stories, duplicates, and
 about body movement at all (low similarity to ``MOVEMENT``, a generic movement sentence).
 
 Reranking is off unless ``quality.rerank`` is true; then the selector may return fewer than k
-descriptions, and the expander asks the backend for more (see `Expander._need`).
+descriptions, and the expander asks the backend for more (see `Expander.need`).
 """
 from __future__ import annotations
 

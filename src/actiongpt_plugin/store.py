@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS leases (
 _LOOKUP_CHUNK = 500  # stays under SQLite's host-parameter limit
 _HOST = socket.gethostname()
 _owner: tuple[int, str] | None = None
-log = logging.getLogger(__name__)
+log = logging.getLogger("actiongpt")  # the CLI shows its warnings on stderr
 
 
 def _chunks(keys: list):

@@ -27,7 +27,7 @@ from ..errors import ActionGPTError, FatalBackendError
 from ..hookspecs import hookimpl
 from .base import Backend, Completion, Request, SamplingParams
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("actiongpt")  # the CLI shows its warnings on stderr
 
 
 def import_torch():
