@@ -14,15 +14,7 @@ from standins.temos import DistilbertEncoderBase, make_temos
 PHRASES = ["jump", "walk forward", "wave both hands"]
 
 
-@pytest.fixture
-def model(bert_dir):
-    return make_temos(bert_dir).eval()
-
-
-def text_model_calls(model):
-    calls = []
-    model.textencoder.text_model.register_forward_hook(lambda *a: calls.append(1))
-    return calls
+from test_actiongpt import model, text_model_calls  # noqa: E402,F401 - the same TEMOS stand-in and call counter
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
