@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import secrets
 import socket
 import sqlite3
@@ -71,6 +72,7 @@ _LOOKUP_CHUNK = 500  # stays under SQLite's host-parameter limit
 _HOST = socket.gethostname()
 _owner: tuple[int, str] | None = None
 log = logging.getLogger("actiongpt")  # the CLI shows its warnings on stderr
+OPEN_RETRY_SECONDS = 30.0  # how long opening waits out other processes creating the same store
 
 
 def _chunks(keys: list):
@@ -201,16 +203,26 @@ class DescriptionStore:
         return None
 
     def _open_read_write(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
-        try:
-            conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
-            conn.executescript(SCHEMA)  # IF NOT EXISTS: older stores gain new tables in place
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        # Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked"
+        # at once (no busy wait) while another process does the same: several ranks opening one fresh
+        # store at the same moment retry for a while instead of failing.
+        deadline = time.monotonic() + OPEN_RETRY_SECONDS
+        while True:
+            conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout=60000")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
+                conn.executescript(SCHEMA)  # IF NOT EXISTS: older stores gain new tables in place
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.01, 0.1))
+            except BaseException:
+                conn.close()
+                raise
 
     def _open_read_only(self) -> sqlite3.Connection:
         if not self.path.exists():
