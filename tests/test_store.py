@@ -98,10 +98,13 @@ def test_release_and_renew_touch_only_their_owner(tmp_path):
 
 def test_expired_lease_of_another_host_is_taken_over(tmp_path):
     with DescriptionStore(tmp_path / "s.sqlite") as store:
-        store.claim(["a"], "otherhost:123:t", ttl=0.2)
+        store.claim(["a", "gone"], "otherhost:123:t", ttl=0.2)
         assert set(store.claim(["a"], lease_owner(), ttl=60).busy) == {"a"}  # its pid means nothing here
         time.sleep(0.3)
         assert store.claim(["a"], lease_owner(), ttl=60).mine == {"a"}
+        assert set(store.leases()) == {"a", "gone"}
+        store.release([], lease_owner())  # sweeps expired leases: 'gone' was never claimed again
+        assert set(store.leases()) == {"a"}
 
 
 def test_owner_with_a_live_pid_but_another_token_waits_for_expiry(tmp_path):

@@ -68,7 +68,20 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 """
 _LOOKUP_CHUNK = 500  # stays under SQLite's host-parameter limit
-_HOST = socket.gethostname()
+
+
+def _host_id() -> str:
+    """The host part of lease owners: the hostname, plus the pid namespace where there is one, so that
+    containers sharing a hostname and a store never judge each other's pids."""
+    name = socket.gethostname().replace(":", "_")
+    try:
+        namespace = "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit())
+    except OSError:  # no procfs (macOS)
+        return name
+    return f"{name}/{namespace}"
+
+
+_HOST = _host_id()
 _owner: tuple[int, str] | None = None
 log = logging.getLogger(__name__)
 
@@ -301,6 +314,8 @@ class DescriptionStore:
         """
         keys = list(dict.fromkeys(keys))
         claim = Claim()
+        if not keys:
+            return claim
         with self._transaction() as conn:
             now = time.time()
             leases = {}
@@ -326,12 +341,16 @@ class DescriptionStore:
         return claim
 
     def release(self, keys, owner: str) -> None:
-        """Give back ``owner``'s leases on ``keys`` (a lease taken over by someone else stays theirs)."""
+        """Give back ``owner``'s leases on ``keys`` (a lease taken over by someone else stays theirs).
+
+        Expired leases of anyone go too: free already, they would otherwise stay in the file for good.
+        """
         keys = list(dict.fromkeys(keys))
         with self._transaction() as conn:
             for chunk in _chunks(keys):
                 conn.execute(f"DELETE FROM leases WHERE owner = ? AND key IN ({','.join('?' * len(chunk))})",
                              [owner, *chunk])
+            conn.execute("DELETE FROM leases WHERE expires < ?", (time.time(),))
 
     def renew(self, owner: str, ttl: float) -> int:
         """Extend every lease of ``owner`` to ttl seconds from now (a heartbeat); returns how many it holds."""
