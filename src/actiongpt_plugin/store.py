@@ -170,15 +170,6 @@ def _is_readonly_error(exc: sqlite3.Error) -> bool:
     return "readonly database" in text or "unable to open database file" in text
 
 
-def _unwritable(folder: Path) -> str:
-    try:
-        if os.statvfs(folder).f_flag & os.ST_RDONLY:
-            return "read-only file system"
-    except OSError:
-        pass
-    return "its directory is not writable"
-
-
 class DescriptionStore:
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path).expanduser()
@@ -207,10 +198,12 @@ class DescriptionStore:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             return f"cannot create {folder}: {exc.strerror}"
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "read-only file system"
         if self.path.exists() and not os.access(self.path, os.W_OK):
             return "the file is not writable"
         if not os.access(folder, os.W_OK | os.X_OK):  # WAL needs its -wal and -shm files beside the store
-            return _unwritable(folder)
+            return "its directory is not writable"
         return None
 
     def _open_read_write(self) -> sqlite3.Connection:
