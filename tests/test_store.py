@@ -98,10 +98,13 @@ def test_release_and_renew_touch_only_their_owner(tmp_path):
 
 def test_expired_lease_of_another_host_is_taken_over(tmp_path):
     with DescriptionStore(tmp_path / "s.sqlite") as store:
-        store.claim(["a"], "otherhost:123:t", ttl=0.2)
+        store.claim(["a", "gone"], "otherhost:123:t", ttl=0.2)
         assert set(store.claim(["a"], lease_owner(), ttl=60).busy) == {"a"}  # its pid means nothing here
         time.sleep(0.3)
         assert store.claim(["a"], lease_owner(), ttl=60).mine == {"a"}
+        assert set(store.leases()) == {"a", "gone"}
+        store.release([], lease_owner())  # sweeps expired leases: 'gone' was never claimed again
+        assert set(store.leases()) == {"a"}
 
 
 def test_owner_with_a_live_pid_but_another_token_waits_for_expiry(tmp_path):
@@ -393,3 +396,38 @@ def test_store_in_a_read_only_directory(shared_dir, case):
         assert not path.exists()
     else:
         assert result["lookups"] == EXPECTED
+
+
+def _offline_expansion(path: str) -> dict:
+    from actiongpt_plugin import Expander
+    from actiongpt_plugin.errors import MissingDescriptionsError
+
+    options = {"store.path": path, "store.offline": True}
+    with Expander(backend="scripted", **options) as ex:
+        found = ex.expand(["jump", "run"])
+        writable = ex.store.writable
+    try:
+        with Expander(backend="scripted", **options) as ex:
+            ex.expand(["fly"])
+        missing = None
+    except MissingDescriptionsError as exc:
+        missing = str(exc)
+    return {"found": found, "writable": writable, "missing": missing}
+
+
+def test_offline_expansion_from_a_read_only_store(shared_dir, scripted):
+    """Issue 10: a store on a read-only mount could not even be used with --offline."""
+    folder = shared_dir / "ro"
+    folder.mkdir()
+    path = folder / "s.sqlite"
+    from actiongpt_plugin import Expander
+
+    with Expander(backend="scripted", **{"store.path": str(path)}) as ex:
+        expected = ex.expand(["jump", "run"])
+    calls = len(scripted.calls)
+    path.chmod(0o444)
+    folder.chmod(0o555)
+    result = unprivileged(_offline_expansion, str(path))
+    assert result == {"found": expected, "writable": False,
+                      "missing": "no stored descriptions for 1 phrase(s): 'fly'"}
+    assert len(scripted.calls) == calls

@@ -69,7 +69,20 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 """
 _LOOKUP_CHUNK = 500  # stays under SQLite's host-parameter limit
-_HOST = socket.gethostname()
+
+
+def _host_id() -> str:
+    """The host part of lease owners: the hostname, plus the pid namespace where there is one, so that
+    containers sharing a hostname and a store never judge each other's pids."""
+    name = socket.gethostname().replace(":", "_")
+    try:
+        namespace = "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit())
+    except OSError:  # no procfs (macOS)
+        return name
+    return f"{name}/{namespace}"
+
+
+_HOST = _host_id()
 _owner: tuple[int, str] | None = None
 log = logging.getLogger("actiongpt")  # the CLI shows its warnings on stderr
 OPEN_RETRY_SECONDS = 30.0  # how long opening waits out other processes creating the same store
@@ -159,15 +172,6 @@ def _is_readonly_error(exc: sqlite3.Error) -> bool:
     return "readonly database" in text or "unable to open database file" in text
 
 
-def _unwritable(folder: Path) -> str:
-    try:
-        if os.statvfs(folder).f_flag & os.ST_RDONLY:
-            return "read-only file system"
-    except OSError:
-        pass
-    return "its directory is not writable"
-
-
 class DescriptionStore:
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path).expanduser()
@@ -196,10 +200,12 @@ class DescriptionStore:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             return f"cannot create {folder}: {exc.strerror}"
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "read-only file system"
         if self.path.exists() and not os.access(self.path, os.W_OK):
             return "the file is not writable"
         if not os.access(folder, os.W_OK | os.X_OK):  # WAL needs its -wal and -shm files beside the store
-            return _unwritable(folder)
+            return "its directory is not writable"
         return None
 
     def _open_read_write(self) -> sqlite3.Connection:
@@ -313,6 +319,8 @@ class DescriptionStore:
         """
         keys = list(dict.fromkeys(keys))
         claim = Claim()
+        if not keys:
+            return claim
         with self._transaction() as conn:
             now = time.time()
             leases = {}
@@ -338,12 +346,16 @@ class DescriptionStore:
         return claim
 
     def release(self, keys, owner: str) -> None:
-        """Give back ``owner``'s leases on ``keys`` (a lease taken over by someone else stays theirs)."""
+        """Give back ``owner``'s leases on ``keys`` (a lease taken over by someone else stays theirs).
+
+        Expired leases of anyone go too: free already, they would otherwise stay in the file for good.
+        """
         keys = list(dict.fromkeys(keys))
         with self._transaction() as conn:
             for chunk in _chunks(keys):
                 conn.execute(f"DELETE FROM leases WHERE owner = ? AND key IN ({','.join('?' * len(chunk))})",
                              [owner, *chunk])
+            conn.execute("DELETE FROM leases WHERE expires < ?", (time.time(),))
 
     def renew(self, owner: str, ttl: float) -> int:
         """Extend every lease of ``owner`` to ttl seconds from now (a heartbeat); returns how many it holds."""
