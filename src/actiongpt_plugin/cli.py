@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import ClickException, NoArgsIsHelpError
 from omegaconf import OmegaConf
 
-from .config import load_config, masked, secret_keys, store_path
+from .config import load_config, masked, schema, secret_keys, store_path
 from .errors import ActionGPTError, redact
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -69,7 +69,7 @@ def _err(message: str) -> None:
 def _config(config: Optional[Path], sets: Optional[List[str]], **values):
     sets = list(sets or ())
     cfg = load_config(config, sets, **{k: v for k, v in values.items() if v is not None})
-    secrets = secret_keys(type(OmegaConf.to_object(cfg))) if sets else set()
+    secrets = secret_keys(schema()) if sets else set()
     if any(item.split("=", 1)[0].strip() in secrets and item.split("=", 1)[1].strip() for item in sets if "=" in item):
         log.warning("a key given with --set is visible to other users in the process list: "
                     "use its environment variable (OPENAI_API_KEY) or a config file readable only by you")
@@ -143,9 +143,8 @@ def write_outputs(request: ExpandRequest, result, expander) -> None:
     if request.out is not None:
         from .packs import write_pack
 
-        server = {k: v for k, v in expander.backend.identity().items()}
         write_pack(request.out, result.rows, {"config": OmegaConf.to_container(masked(expander.cfg)),
-                                              "backend": expander.backend_name, **server})
+                                              "backend": expander.backend_name, **expander.backend.identity()})
 
 
 def report(request: ExpandRequest, result, as_json: bool) -> None:

@@ -309,10 +309,6 @@ def settings(cfg: DictConfig):
     return OmegaConf.to_object(cfg)
 
 
-def openai_api_key(cfg) -> str | None:
-    return cfg.openai.api_key or os.environ.get("OPENAI_API_KEY") or None
-
-
 def store_path(cfg) -> Path:
     return Path(cfg.store.path).expanduser() if cfg.store.path else default_cache_dir() / "store.sqlite"
 

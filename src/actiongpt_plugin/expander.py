@@ -297,10 +297,11 @@ class Expander:
         """What a store row and a pack row record about how ``job``'s descriptions were made."""
         if self._meta_base is None:
             template = self.template
+            identity = self.backend.identity()
             self._meta_base = {
-                **self.backend.identity(), "backend": self.backend_name, "template": template.name,
+                **identity, "backend": self.backend_name, "template": template.name,
                 "template_version": template.version, "params": self.params_dict, "k": self.wanted,
-                "provenance": f"{self.backend_name}:{self.backend.identity()['model']}",
+                "provenance": f"{self.backend_name}:{identity['model']}",
             }
         return {**self._meta_base, "prompt": job.request.prompt.text}
 
@@ -315,7 +316,7 @@ class Expander:
             return list(table)
         if not self.cacheable or not store_path(self.cfg).exists():
             return []
-        return sorted({row["phrase"] for row in self.store.rows() if row["backend"] == self.backend_name})
+        return self.store.phrases(self.backend_name)
 
     def _jobs(self, texts: list[str]) -> list[Job]:
         backend, template, s = self.backend, self.template, self.settings

@@ -84,8 +84,7 @@ def _check(pm: pluggy.PluginManager) -> None:
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin) if exc.plugin is not None else None
         hook = re.search(r"unknown hook '(\w+)'", str(exc))
-        known = ", ".join(sorted(h for h in dir(hookspecs) if not h.startswith("_") and h not in ("pluggy", "hookspec",
-                                                                                                     "hookimpl")))
+        known = ", ".join(sorted(n for n, caller in vars(pm.hook).items() if caller.has_spec()))
         raise ActionGPTError(f"plugin {name!r} implements an unknown hook {hook.group(1) if hook else '?'!r} "
                              f"(misspelled?); hooks: {known}") from None
 

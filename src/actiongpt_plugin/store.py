@@ -437,6 +437,11 @@ class DescriptionStore:
         with self._transaction() as conn:
             return sum(conn.execute(self._INSERT_ROW, self._row_values(row, now)).rowcount for row in rows)
 
+    def phrases(self, backend: str) -> list[str]:
+        """The distinct phrases stored for ``backend``, sorted."""
+        rows = self._read("SELECT DISTINCT phrase FROM descriptions WHERE backend = ? ORDER BY phrase", (backend,))
+        return [r[0] for r in rows]
+
     def rows(self, phrases=None):
         """Every row (or those of the given phrases) as dicts, for export."""
         sql = ("SELECT key, phrase, backend, model, template, template_version, prompt, params, k, descriptions,"

@@ -18,13 +18,12 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from ..lazy import openai
 
-from ..config import openai_api_key
 from ..options import option
 from ..errors import ActionGPTError, FatalBackendError, redact
 from ..hookspecs import hookimpl
@@ -144,7 +143,7 @@ class OpenAIBackend(Backend):
         self.timeout = o.timeout
         self.backoff_base, self.backoff_max, self.max_wait = o.backoff_base, o.backoff_max, o.max_wait
         base_url = o.base_url or os.environ.get("OPENAI_BASE_URL") or None
-        key = openai_api_key(config)
+        key = o.api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if not base_url:
                 raise ActionGPTError(NO_KEY)
