@@ -289,7 +289,6 @@ class DescriptionStore:
             found.update(self._descriptions(chunk))
         return found
 
-    lookup = get_many  # the name the single-flight code reads best with
 
     def _descriptions(self, chunk: list, conn=None) -> dict[str, list[str]]:
         sql = f"SELECT key, descriptions FROM descriptions WHERE key IN ({','.join('?' * len(chunk))})"
